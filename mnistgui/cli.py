@@ -1,0 +1,351 @@
+"""Command line: `mnistgui` opens the window; `mnistgui train|evaluate|info|download` run headless.
+
+Every error a user can cause ends as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .core.config import (
+    ACTIVATIONS, BACKENDS, DATASETS, INITS, MODEL_TITLES, MODELS, OPTIMIZERS, Config, relevant_fields,
+)
+from .core.errors import MnistguiError
+
+SUBCOMMANDS = ("train", "evaluate", "info", "download")
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not a usage dump."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _add_data_options(parser):
+    parser.add_argument("--data", metavar="DIR", help="folder holding the four IDX files (or a Keras mnist.npz)")
+    parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnistgui", description="MNIST deep-learning workbench (PyTensor). "
+                     "With no command, opens the window.")
+    parser.add_argument("--version", action="version", version=f"mnistgui {__version__}")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model headless, one line per epoch",
+                                description="Train one of the notebook's models. Defaults are the notebook's.")
+    train.add_argument("--model", choices=MODELS, default=None, help="which model (default logreg)")
+    train.add_argument("--dataset", choices=DATASETS, default=None)
+    _add_data_options(train)
+    group = train.add_argument_group("architecture")
+    group.add_argument("--hidden", type=_int_list, metavar="N[,N...]", dest="hidden_sizes",
+                       help="fully connected hidden sizes, e.g. 625,625")
+    group.add_argument("--filters", type=_int_list, metavar="N[,N...]", dest="conv_filters",
+                       help="convnet filters per conv layer, e.g. 32,64,128")
+    group.add_argument("--activation", choices=ACTIVATIONS)
+    group.add_argument("--input-dropout", type=float)
+    group.add_argument("--conv-dropout", type=float)
+    group.add_argument("--hidden-dropout", type=float)
+    group.add_argument("--bias", action=argparse.BooleanOptionalAction, dest="use_bias", default=None,
+                       help="add biases (the notebook has none)")
+    group.add_argument("--init", choices=INITS)
+    group.add_argument("--init-std", type=float, help="std of the normal init (default 0.01)")
+    group.add_argument("-k", type=int, dest="k", help="neighbours for knn (default 1)")
+    group = train.add_argument_group("optimisation")
+    group.add_argument("--optimizer", choices=OPTIMIZERS)
+    group.add_argument("--lr", "--learning-rate", type=float, dest="learning_rate")
+    group.add_argument("--momentum", type=float)
+    group.add_argument("--rho", type=float, help="RMSprop decay (default 0.9)")
+    group.add_argument("--epsilon", type=float)
+    group.add_argument("--beta1", type=float)
+    group.add_argument("--beta2", type=float)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--epochs", type=int, help="epochs to train (more epochs, with --resume)")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                       help="shuffle the training set each epoch (the notebook does not)")
+    group.add_argument("--train-size", type=int, help="use the first N training examples")
+    group.add_argument("--test-size", type=int, help="use the first N test examples")
+    group.add_argument("--mode", "--backend", choices=BACKENDS, dest="backend",
+                       help="PyTensor backend (default auto: Numba)")
+    group = train.add_argument_group("files")
+    group.add_argument("--save", metavar="FILE.h5", help="save the trained model here")
+    group.add_argument("--log", metavar="FILE.csv", help="write epoch,train_error,test_error,cost,seconds")
+    group.add_argument("--resume", metavar="FILE.h5", help="continue training a saved model")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="test error, per-class accuracy and confusion matrix",
+                                   description="Evaluate a saved model on its dataset's test set.")
+    evaluate.add_argument("file", metavar="FILE.h5")
+    _add_data_options(evaluate)
+    evaluate.add_argument("--test-size", type=int, default=0)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    info = commands.add_parser("info", help="what a model file holds", description="Describe a model file.")
+    info.add_argument("file", metavar="FILE.h5")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=cmd_info)
+
+    download = commands.add_parser("download", help="download MNIST or Fashion-MNIST",
+                                   description="Download and verify a dataset into the per-user data folder.")
+    download.add_argument("--dataset", choices=DATASETS, default="mnist")
+    download.add_argument("--dir", metavar="DIR", help="download here instead")
+    download.set_defaults(func=cmd_download)
+    return parser
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _progress_bar(fraction: float, width: int = 30) -> str:
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _download_progress(stream):
+    def report(name: str, done: int, total: int):
+        if stream.isatty():
+            share = f"{done / total:4.0%}" if total else f"{done >> 10} KiB"
+            stream.write(f"\rdownloading {name} {share}")
+            if total and done >= total:
+                stream.write("\n")
+            stream.flush()
+    return report
+
+
+def _load_data(name: str, data_dir, allow_download: bool):
+    from .core import data
+
+    try:
+        return data.load_dataset(name, data_dir)
+    except data.DataNotFoundError:
+        if data_dir is not None or not allow_download:
+            raise
+    target = data.default_download_dir(name)
+    print(f"{data.DATASET_TITLES[name]} not found locally; downloading into {target}", file=sys.stderr)
+    data.fetch_dataset(name, target, progress=_download_progress(sys.stderr))
+    return data.load_dataset(name, target)
+
+
+def _fmt_error(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2%}"
+
+
+def _epoch_line(result) -> str:
+    cost = "" if math.isnan(result.cost) else f"  cost {result.cost:.4f}"
+    return (f"epoch {result.epoch:3d}  train error {_fmt_error(result.train_error):>7}  "
+            f"test error {_fmt_error(result.test_error):>7}{cost}  "
+            f"{result.seconds:.2f} s ({result.images_per_second:,.0f} img/s)")
+
+
+def _config_from_args(args) -> Config:
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name in Config.__dataclass_fields__ and name != "model" and value is not None
+    }
+    return Config.for_model(args.model or "logreg", **overrides)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .core.modelfile import load_model, save_model
+    from .core.training import BatchProgress, EpochResult, Trainer, TrainingControl, create_model
+
+    if args.resume:
+        model, header = load_model(args.resume)
+        ignored = [n for n in ("model", "dataset", "hidden_sizes", "conv_filters") if getattr(args, n, None)]
+        if ignored:
+            raise MnistguiError(f"--resume takes the architecture from {args.resume}; drop --{ignored[0].replace('_', '-')}")
+        config = model.config
+        changes = {n: getattr(args, n) for n in ("epochs", "backend", "train_size", "test_size")
+                   if getattr(args, n) is not None}
+        if changes:
+            config = config.replace(**changes)
+            config.validate()
+            model.config = config
+        print(f"resuming {args.resume}: {MODEL_TITLES[config.model]}, {model.epochs_done} epochs done")
+    else:
+        config = _config_from_args(args)
+        model = create_model(config)
+    dataset = _load_data(config.dataset, args.data, not args.no_download)
+    dataset = dataset.subset(config.train_size, config.test_size)
+    trainer = Trainer(model, dataset)
+    backend = getattr(model, "backend", "numpy")
+    print(f"{MODEL_TITLES[config.model]} on {dataset.title}: {len(trainer.train_images)} train, "
+          f"{len(trainer.test_images)} test images; backend {backend}")
+    if config.is_trainable:
+        seconds = trainer.compile()
+        print(f"compiled in {seconds:.2f} s")
+
+    control = TrainingControl()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupt(signum, frame):
+        print("\ninterrupted: stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+        control.stop()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, interrupt)
+    tty = sys.stderr.isatty()
+    log_rows = []
+    try:
+        for item in trainer.train(control=control):
+            if isinstance(item, BatchProgress) and tty:
+                eta = "" if math.isnan(item.eta_seconds) else f" ETA {item.eta_seconds:4.0f}s"
+                sys.stderr.write(f"\r{_progress_bar(item.fraction)} {item.batch}/{item.n_batches}{eta}  ")
+                sys.stderr.flush()
+            elif isinstance(item, EpochResult):
+                if tty:
+                    sys.stderr.write("\r" + " " * 70 + "\r")
+                print(_epoch_line(item), flush=True)
+                log_rows.append(item)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if args.log and log_rows:
+            _write_log(args.log, log_rows, append=bool(args.resume))
+    if control.stop_requested:
+        print(f"stopped; the model is at the end of epoch {model.epochs_done}")
+    if args.save:
+        save_model(model, args.save, dataset.name, dataset.digest)
+        print(f"saved {args.save}")
+    return 0
+
+
+def _write_log(path: str, rows, append: bool) -> None:
+    target = Path(path)
+    write_header = not (append and target.exists() and target.stat().st_size)
+    try:
+        with open(target, "a" if append else "w", newline="") as handle:
+            writer = csv.writer(handle)
+            if write_header:
+                writer.writerow(["epoch", "train_error", "test_error", "cost", "seconds"])
+            for r in rows:
+                writer.writerow([r.epoch, _csv_number(r.train_error), _csv_number(r.test_error),
+                                 _csv_number(r.cost), f"{r.seconds:.4f}"])
+    except OSError as exc:
+        raise MnistguiError(f"cannot write log {path}: {exc.strerror or exc}") from None
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def cmd_evaluate(args) -> int:
+    from .core.modelfile import load_model
+
+    model, header = load_model(args.file)
+    config = model.config
+    dataset = _load_data(config.dataset, args.data, not args.no_download).subset(0, args.test_size)
+    evaluation = model.evaluate(dataset.test_images, dataset.test_labels)
+    confusion = evaluation.confusion()
+    per_class = evaluation.per_class_accuracy()
+    if args.json:
+        print(json.dumps({
+            "file": args.file,
+            "model": config.model,
+            "epochs": model.epochs_done,
+            "dataset": dataset.name,
+            "n_test": int(len(dataset.test_labels)),
+            "test_error": evaluation.error,
+            "per_class_accuracy": [None if math.isnan(v) else float(v) for v in per_class],
+            "confusion": confusion.tolist(),
+        }))
+        return 0
+    names = dataset.class_names
+    print(f"{MODEL_TITLES[config.model]}, {model.epochs_done} epochs, on {len(dataset.test_labels)} "
+          f"{dataset.title} test images")
+    print(f"test error {evaluation.error:.2%}")
+    print("per-class accuracy: " + "  ".join(f"{names[i]}: {_fmt_error(v)}" for i, v in enumerate(per_class)))
+    print("confusion matrix (rows: true, columns: predicted)")
+    print("      " + "".join(f"{i:>6}" for i in range(10)))
+    for i, row in enumerate(confusion):
+        print(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .core.modelfile import read_header
+
+    header = read_header(args.file)
+    config = header["config"]
+    if args.json:
+        print(json.dumps({
+            "file": args.file,
+            "model": config.model,
+            "config": json.loads(config.to_json()),
+            "epochs_done": header["epochs_done"],
+            "history": [vars(r) for r in header["history"]],
+            "dataset": header["dataset"],
+            "dataset_digest": header["dataset_digest"],
+            "versions": header["versions"],
+            "format_version": header["format_version"],
+            "saved_at": header["saved_at"],
+        }, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        return 0
+    print(f"{args.file}: {MODEL_TITLES[config.model]} ({config.model}), {header['epochs_done']} epochs on "
+          f"{header['dataset']}, saved {header['saved_at']}")
+    relevant = relevant_fields(config.model)
+    print("configuration: " + ", ".join(
+        f"{name}={getattr(config, name)}" for name in Config.__dataclass_fields__ if name in relevant))
+    for result in header["history"]:
+        print("  " + _epoch_line(result))
+    versions = header["versions"]
+    print("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; format {header['format_version']}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .core import data
+
+    target = Path(args.dir) if args.dir else data.default_download_dir(args.dataset)
+    data.fetch_dataset(args.dataset, target, progress=_download_progress(sys.stderr))
+    data.load_dataset(args.dataset, target)
+    print(f"{data.DATASET_TITLES[args.dataset]} ready in {target}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        from .gui.app import run_gui
+
+        return run_gui(argv[0] if argv else None)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        return args.func(args)
+    except MnistguiError as exc:
+        print(f"mnistgui: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mnistgui: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Model files: one self-describing HDF5 file per model, written atomically, read defensively.
+
+Layout (format 1):
+    /                attrs: format="mnistgui-model", format_version, config (JSON), model,
+                     epochs_done, dataset, dataset_digest, rng_state (JSON), versions (JSON), saved_at
+    /params/<name>   float32 weights, by the notebook's names (w, w_h, w_o, ...)
+    /optimizer/<n>   optimizer state (e.g. "w_h.acc" for RMSprop's running mean of g^2)
+    /history/<col>   epoch, train_error, test_error, cost, seconds, images_per_second, eval_seconds
+    /knn/images, /knn/labels   kNN only: the stored training set (gzip-compressed uint8)
+
+Nothing is ever unpickled: only numeric datasets and string attributes are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from .config import Config
+from .errors import ConfigError, ModelFileError
+from .training import EpochResult, KnnModel, Model, NeuralModel, create_model
+
+FORMAT_NAME = "mnistgui-model"
+FORMAT_VERSION = 1
+HISTORY_COLUMNS = [f.name for f in fields(EpochResult)]
+
+
+def _versions() -> dict:
+    import pytensor
+
+    return {"mnistgui": __version__, "pytensor": pytensor.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__}
+
+
+def save_model(model: Model, path: str | os.PathLike, dataset_name: str = "", dataset_digest: str = "") -> Path:
+    """Write `model` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+
+    On any failure (full disk, no permission) the previous file at `path` is untouched, no
+    temporary file is left, and ModelFileError says why.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ModelFileError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        with h5py.File(temp, "w") as f:
+            _write(f, model, dataset_name, dataset_digest)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ModelFileError(f"cannot save {path}: {exc.strerror or exc}") from None
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -> None:
+    f.attrs["format"] = FORMAT_NAME
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["config"] = model.config.to_json()
+    f.attrs["model"] = model.config.model
+    f.attrs["epochs_done"] = model.epochs_done
+    f.attrs["dataset"] = dataset_name or model.config.dataset
+    f.attrs["dataset_digest"] = dataset_digest
+    f.attrs["versions"] = json.dumps(_versions())
+    f.attrs["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    history = f.create_group("history")
+    for column in HISTORY_COLUMNS:
+        history.create_dataset(column, data=np.array([getattr(r, column) for r in model.history], dtype=np.float64))
+    if isinstance(model, KnnModel):
+        group = f.create_group("knn")
+        group.create_dataset("images", data=model.train_images, compression="gzip", compression_opts=4)
+        group.create_dataset("labels", data=model.train_labels)
+        f.attrs["rng_state"] = "null"
+        return
+    state = model.get_state()
+    f.attrs["rng_state"] = json.dumps(state["rng"])
+    params = f.create_group("params")
+    for name, value in state["params"].items():
+        params.create_dataset(name, data=value)
+    optimizer = f.create_group("optimizer")
+    for name, value in state["optimizer"].items():
+        optimizer.create_dataset(name, data=value)
+
+
+def _attr_str(f: h5py.File, name: str, path: Path) -> str:
+    if name not in f.attrs:
+        raise ModelFileError(f"{path}: missing attribute '{name}'")
+    value = f.attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise ModelFileError(f"{path}: attribute '{name}' is not text")
+    return value
+
+
+def _attr_int(f: h5py.File, name: str, path: Path) -> int:
+    value = f.attrs.get(name)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise ModelFileError(f"{path}: attribute '{name}' is missing or not an integer")
+    return int(value)
+
+
+def _read_array(f: h5py.File, key: str, path: Path, shape=None, kind="f") -> np.ndarray:
+    item = f.get(key)
+    if not isinstance(item, h5py.Dataset):
+        raise ModelFileError(f"{path}: missing dataset '{key}'")
+    if item.dtype.kind not in kind:
+        raise ModelFileError(f"{path}: dataset '{key}' has type {item.dtype}, expected numbers")
+    if shape is not None and item.shape != tuple(shape):
+        raise ModelFileError(
+            f"{path}: '{key}' has shape {item.shape}, but the configuration needs {tuple(shape)}"
+        )
+    return item[()]
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The file's metadata without building the model: what `mnistgui info` prints."""
+    path = Path(path)
+    with _open(path) as f:
+        return _header(f, path)
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelFileError(f"{path}: not an HDF5 model file, or truncated ({exc})") from None
+
+
+def _header(f: h5py.File, path: Path) -> dict:
+    if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
+        raise ModelFileError(f"{path}: an HDF5 file, but not an mnistgui model file")
+    version = _attr_int(f, "format_version", path)
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written in model format {version} by a newer mnistgui; this version reads "
+            f"format {FORMAT_VERSION} and older"
+        )
+    if version < 1:
+        raise ModelFileError(f"{path}: invalid format version {version}")
+    try:
+        config = Config.from_json(_attr_str(f, "config", path))
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    try:
+        versions = json.loads(_attr_str(f, "versions", path))
+    except ValueError:
+        versions = {}
+    history_group = f.get("history")
+    if not isinstance(history_group, h5py.Group):
+        raise ModelFileError(f"{path}: missing group 'history'")
+    columns = {c: _read_array(f, f"history/{c}", path) for c in HISTORY_COLUMNS}
+    lengths = {len(v) if v.ndim == 1 else -1 for v in columns.values()}
+    if len(lengths) != 1 or -1 in lengths:
+        raise ModelFileError(f"{path}: history columns disagree in length")
+    history = [EpochResult(**{c: float(columns[c][i]) for c in HISTORY_COLUMNS}) for i in range(lengths.pop())]
+    for result in history:
+        result.epoch = int(result.epoch)
+    epochs_done = _attr_int(f, "epochs_done", path)
+    if epochs_done != len(history):
+        raise ModelFileError(f"{path}: says {epochs_done} epochs done but holds {len(history)} history rows")
+    return {
+        "config": config,
+        "format_version": version,
+        "epochs_done": epochs_done,
+        "history": history,
+        "dataset": _attr_str(f, "dataset", path),
+        "dataset_digest": _attr_str(f, "dataset_digest", path),
+        "versions": versions if isinstance(versions, dict) else {},
+        "saved_at": _attr_str(f, "saved_at", path),
+    }
+
+
+def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
+    """Rebuild the model from `path`, checking every name, shape and type; returns (model, header)."""
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            header = _header(f, path)
+            config = header["config"]
+            model = create_model(config)
+            model.history = header["history"]
+            if isinstance(model, KnnModel):
+                images = _read_array(f, "knn/images", path, kind="u")
+                labels = _read_array(f, "knn/labels", path, kind="u")
+                if images.ndim != 2 or images.shape[1] != 784 or labels.shape != (len(images),):
+                    raise ModelFileError(f"{path}: stored kNN training set has inconsistent shapes")
+                if labels.size and labels.max() > 9:
+                    raise ModelFileError(f"{path}: stored kNN labels outside 0..9")
+                model.fit(images, labels)
+                return model, header
+            _load_neural_state(f, model, path)
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        # h5py raises these for damaged internals (bad B-tree, truncated chunk, ...).
+        raise ModelFileError(f"{path}: damaged or truncated model file ({exc})") from None
+    return model, header
+
+
+def _check_names(group, expected: list[str], what: str, path: Path, model_name: str) -> None:
+    present = sorted(group.keys()) if isinstance(group, h5py.Group) else []
+    missing = [n for n in expected if n not in present]
+    extra = [n for n in present if n not in expected]
+    if missing:
+        raise ModelFileError(f"{path}: missing {what} {', '.join(missing)}")
+    if extra:
+        raise ModelFileError(f"{path}: unexpected {what} {', '.join(extra)} for a {model_name} model")
+
+
+def _load_neural_state(f: h5py.File, model: NeuralModel, path: Path) -> None:
+    name = model.config.model
+    _check_names(f.get("params"), list(model.params), "parameter", path, name)
+    _check_names(f.get("optimizer"), list(model.optimizer_state), "optimizer state", path, name)
+    state = {"params": {}, "optimizer": {}, "rng": None}
+    for name, shared in model.params.items():
+        value = _read_array(f, f"params/{name}", path, shared.get_value().shape)
+        if not np.all(np.isfinite(value)):
+            raise ModelFileError(f"{path}: parameter {name} holds NaN or infinite values")
+        state["params"][name] = value
+    for name, shared in model.optimizer_state.items():
+        state["optimizer"][name] = _read_array(f, f"optimizer/{name}", path, np.shape(shared.get_value()))
+    try:
+        rng_state = json.loads(_attr_str(f, "rng_state", path))
+    except ValueError:
+        raise ModelFileError(f"{path}: attribute 'rng_state' is not valid JSON") from None
+    if model.rng is not None:
+        if not isinstance(rng_state, dict):
+            raise ModelFileError(f"{path}: missing the dropout RNG state")
+        try:
+            np.random.default_rng().bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"{path}: invalid dropout RNG state ({exc})") from None
+        state["rng"] = rng_state
+    model.set_state(state)

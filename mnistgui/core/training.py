@@ -1,0 +1,417 @@
+"""Models with their state, and the Qt-free training loop.
+
+`NeuralModel` holds a configured network: shared parameters, optimizer state, the dropout RNG and
+the history. `train()` is a generator: it yields throttled `BatchProgress` and one `EpochResult`
+per epoch, and honours pause and stop requests between batches. The CLI prints what it yields, the
+GUI's worker thread emits it as signals.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+
+from . import backend
+from .config import Config
+from .data import Dataset
+from .errors import TrainingDiverged
+from .knn import iter_nearest, nearest_neighbours, vote
+from .layers import RngChain, cross_entropy
+from .models import N_CLASSES, build_layers, init_parameters
+from .optimizers import make_updates
+
+EVAL_CHUNK = 1000  # images per prediction call: bounds the convnet's activations to ~150 MB
+PROGRESS_INTERVAL = 0.1  # seconds between BatchProgress reports
+# Cross-entropy over 10 classes starts at ln 10 = 2.3. A stable log-softmax keeps a blown-up run's
+# cost finite for a long time (1e16 is typical at a learning rate of 10), so past this the run is
+# treated as diverged too, not only at NaN or infinity.
+DIVERGED_COST = 1e4
+
+
+@dataclass
+class BatchProgress:
+    epoch: int  # 1-based, counting every epoch the model has trained
+    batch: int  # batches done in this epoch
+    n_batches: int
+    cost: float  # mean cost so far this epoch
+    seconds: float  # training time so far this epoch, pauses excluded
+    images_per_second: float
+
+    @property
+    def fraction(self) -> float:
+        return self.batch / self.n_batches if self.n_batches else 1.0
+
+    @property
+    def eta_seconds(self) -> float:
+        if not self.batch:
+            return math.nan
+        return self.seconds * (self.n_batches - self.batch) / self.batch
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_error: float  # fraction misclassified on the training set, dropout off; NaN for kNN
+    test_error: float
+    cost: float  # mean training cost over the epoch (NaN for kNN)
+    seconds: float  # training time, evaluation excluded
+    images_per_second: float
+    eval_seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    """Predictions on a set of images, with what the gallery and the confusion matrix need."""
+
+    probs: np.ndarray  # (n, 10) float32
+    labels: np.ndarray  # (n,) int
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return np.argmax(self.probs, axis=1)
+
+    @property
+    def error(self) -> float:
+        return float(np.mean(self.predictions != self.labels)) if len(self.labels) else math.nan
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Per-example cross-entropy of the true class."""
+        p = self.probs[np.arange(len(self.labels)), self.labels]
+        return -np.log(np.clip(p, 1e-12, 1.0))
+
+    def confusion(self) -> np.ndarray:
+        """(true, predicted) counts."""
+        matrix = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
+        np.add.at(matrix, (self.labels, self.predictions), 1)
+        return matrix
+
+    def per_class_accuracy(self) -> np.ndarray:
+        matrix = self.confusion()
+        totals = matrix.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+
+
+class TrainingControl:
+    """Requests from another thread, read by the training loop between batches."""
+
+    def __init__(self):
+        self._running = threading.Event()
+        self._running.set()
+        self.stop_requested = False
+        self.stop_after_epoch = False
+
+    def pause(self):
+        self._running.clear()
+
+    def resume(self):
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def stop(self):
+        self.stop_requested = True
+        self._running.set()
+
+    def wait_while_paused(self) -> float:
+        """Block while paused; returns the seconds spent waiting."""
+        if self._running.is_set():
+            return 0.0
+        start = time.perf_counter()
+        self._running.wait()
+        return time.perf_counter() - start
+
+
+def _as_images(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
+
+
+class NeuralModel:
+    """One of the four trained models: symbolic graph, shared state, history."""
+
+    def __init__(self, config: Config):
+        config.validate()
+        if not config.is_trainable:
+            raise ValueError("use KnnModel for knn")
+        self.config = config
+        self.history: list[EpochResult] = []
+        self.params = init_parameters(config)
+        dropout_used = config.input_dropout or config.hidden_dropout or config.conv_dropout
+        self.rng = RngChain(config.seed + 1) if dropout_used else None
+
+        # Pixels arrive as uint8 and are scaled inside the graph: a quarter of the memory traffic.
+        self.images = pt.matrix("images", dtype="uint8")
+        self.labels = pt.ivector("labels")
+        pixels = pt.cast(self.images, "float32") * np.float32(1.0 / 255.0)
+        noisy = build_layers(pixels, self.params, config, self.rng)
+        self.layers = build_layers(pixels, self.params, config, None)
+        self.cost = cross_entropy(noisy["logits"], self.labels)
+        updates, self.optimizer_state = make_updates(self.cost, self.params, config)
+        if self.rng is not None and self.rng.used:
+            updates.append(self.rng.update)
+        self.updates = updates
+        self._predict = None
+        self._layer_fn = None
+        self.backend = backend.resolve_backend(config.backend)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    # --- state: what a model file stores and a rollback restores -------------------------------
+
+    def get_state(self) -> dict:
+        return {
+            "params": OrderedDict((k, v.get_value()) for k, v in self.params.items()),
+            "optimizer": OrderedDict((k, v.get_value()) for k, v in self.optimizer_state.items()),
+            "rng": self.rng.shared.get_value().bit_generator.state if self.rng else None,
+        }
+
+    def set_state(self, state: dict) -> None:
+        for name, value in state["params"].items():
+            self.params[name].set_value(np.array(value, dtype=np.float32))
+        for name, value in state["optimizer"].items():
+            self.optimizer_state[name].set_value(np.array(value, dtype=np.float32))
+        if self.rng is not None and state.get("rng") is not None:
+            generator = np.random.default_rng()
+            generator.bit_generator.state = state["rng"]
+            self.rng.shared.set_value(generator)
+
+    # --- prediction ---------------------------------------------------------------------------
+
+    def _mode(self):
+        return backend.compile_mode(self.backend)
+
+    def compile_predict(self) -> float:
+        start = time.perf_counter()
+        if self._predict is None:
+            self._predict = pytensor.function([self.images], self.layers["probs"], mode=self._mode())
+        return time.perf_counter() - start
+
+    def predict_proba(self, images: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
+        self.compile_predict()
+        images = _as_images(images)
+        out = np.empty((len(images), N_CLASSES), dtype=np.float32)
+        for start in range(0, len(images), chunk):
+            out[start : start + chunk] = self._predict(images[start : start + chunk])
+        return out
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> Evaluation:
+        return Evaluation(self.predict_proba(images), np.asarray(labels, dtype=np.int64))
+
+    def layer_outputs(self, images: np.ndarray) -> OrderedDict[str, np.ndarray]:
+        """Every named layer for a few images: what the feature-map viewer shows."""
+        if self._layer_fn is None:
+            names = list(self.layers)
+            fn = pytensor.function([self.images], [self.layers[n] for n in names], mode=self._mode())
+            self._layer_fn = (names, fn)
+        names, fn = self._layer_fn
+        return OrderedDict(zip(names, fn(_as_images(images))))
+
+    def weights(self) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict((k, v.get_value()) for k, v in self.params.items())
+
+
+class KnnModel:
+    """Exact k-nearest-neighbours: 'training' stores the training set."""
+
+    def __init__(self, config: Config):
+        config.validate()
+        self.config = config
+        self.history: list[EpochResult] = []
+        self.train_images = np.zeros((0, 784), dtype=np.uint8)
+        self.train_labels = np.zeros(0, dtype=np.uint8)
+        self.backend = "numpy"
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def fit(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.train_images = _as_images(images)
+        self.train_labels = np.asarray(labels, dtype=np.uint8)
+
+    def _check_fitted(self):
+        if not len(self.train_images):
+            raise ValueError("the kNN model has no training set yet")
+
+    def probs_from_neighbours(self, indices: np.ndarray) -> np.ndarray:
+        return vote(self.train_labels[indices].astype(np.int64))[0]
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        indices, _ = nearest_neighbours(_as_images(images), self.train_images, self.config.k)
+        return self.probs_from_neighbours(indices)
+
+    def iter_predict_proba(self, images: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, probs) chunk by chunk, so a caller can report progress and stop early."""
+        self._check_fitted()
+        for start, indices, _ in iter_nearest(_as_images(images), self.train_images, self.config.k):
+            yield start, self.probs_from_neighbours(indices)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> Evaluation:
+        return Evaluation(self.predict_proba(images), np.asarray(labels, dtype=np.int64))
+
+
+Model = NeuralModel | KnnModel
+
+
+def create_model(config: Config) -> Model:
+    return KnnModel(config) if config.model == "knn" else NeuralModel(config)
+
+
+class Trainer:
+    """Binds a model to a dataset, compiles once, and trains epoch by epoch."""
+
+    def __init__(self, model: Model, dataset: Dataset):
+        self.model = model
+        self.dataset = dataset
+        self.train_images = _as_images(dataset.train_images)
+        self.train_labels = np.asarray(dataset.train_labels, dtype=np.int32)
+        self.test_images = _as_images(dataset.test_images)
+        self.test_labels = np.asarray(dataset.test_labels, dtype=np.int32)
+        self._train_fn = None
+        self.compile_seconds = math.nan
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(len(self.train_images) / self.model.config.batch_size)
+
+    def compile(self) -> float:
+        """Compile the training and prediction functions once; returns the seconds it took."""
+        if isinstance(self.model, KnnModel) or self._train_fn is not None:
+            return 0.0 if isinstance(self.model, KnnModel) else self.compile_seconds
+        model = self.model
+        start = time.perf_counter()
+        # Data lives in shared variables and batches are slices by index: no per-step copies.
+        self._images_shared = pytensor.shared(self.train_images, name="train_images", borrow=True)
+        self._labels_shared = pytensor.shared(self.train_labels, name="train_labels", borrow=True)
+        index = pt.iscalar("batch")
+        size = model.config.batch_size
+        batch = slice(index * size, (index + 1) * size)  # the last batch is simply shorter
+        self._train_fn = pytensor.function(
+            [index],
+            model.cost,
+            updates=model.updates,
+            givens={model.images: self._images_shared[batch], model.labels: self._labels_shared[batch]},
+            mode=model._mode(),
+        )
+        # Numba compiles on the first call: make one step now and undo it, so that compile time
+        # is reported as such and the first epoch's timing is the training alone.
+        snapshot = model.get_state()
+        self._train_fn(0)
+        model.set_state(snapshot)
+        model.compile_predict()
+        model.predict_proba(self.test_images[:1])
+        self.compile_seconds = time.perf_counter() - start
+        return self.compile_seconds
+
+    def _shuffle_for(self, epoch: int) -> None:
+        order = np.random.default_rng([self.model.config.seed, epoch]).permutation(len(self.train_images))
+        self._images_shared.set_value(self.train_images[order], borrow=True)
+        self._labels_shared.set_value(self.train_labels[order], borrow=True)
+
+    def evaluate_test(self) -> Evaluation:
+        return self.model.evaluate(self.test_images, self.test_labels)
+
+    def train(self, epochs: int | None = None, control: TrainingControl | None = None) -> Iterator:
+        """Train `epochs` more epochs (default: the configuration's), yielding progress and results.
+
+        A stop request mid-epoch rolls the model back to the end of its last finished epoch, so a
+        saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
+        the same, then raises TrainingDiverged.
+        """
+        control = control or TrainingControl()
+        if isinstance(self.model, KnnModel):
+            yield from self._fit_knn(control)
+            return
+        self.compile()
+        model = self.model
+        epochs = model.config.epochs if epochs is None else epochs
+        n_train = len(self.train_images)
+        size = model.config.batch_size
+        for _ in range(epochs):
+            epoch = model.epochs_done + 1
+            snapshot = model.get_state()
+            if model.config.shuffle:
+                self._shuffle_for(epoch)
+            cost_sum, seen, seconds = 0.0, 0, 0.0
+            last_report = time.perf_counter()
+            for batch in range(self.n_batches):
+                if control.stop_requested:
+                    model.set_state(snapshot)
+                    return
+                control.wait_while_paused()
+                if control.stop_requested:
+                    model.set_state(snapshot)
+                    return
+                started = time.perf_counter()
+                with np.errstate(all="ignore"):  # a diverging run is reported below, not warned about
+                    cost = float(self._train_fn(batch))
+                seconds += time.perf_counter() - started
+                if not math.isfinite(cost) or cost > DIVERGED_COST:
+                    model.set_state(snapshot)
+                    raise TrainingDiverged(
+                        f"training diverged: the cost became {cost:.4g} at epoch {epoch}, batch {batch + 1} "
+                        f"of {self.n_batches}; the model was rolled back to the end of epoch {epoch - 1}. "
+                        f"Try a smaller learning rate (now {model.config.learning_rate})."
+                    )
+                batch_len = min(size, n_train - batch * size)
+                cost_sum += cost * batch_len
+                seen += batch_len
+                now = time.perf_counter()
+                if now - last_report >= PROGRESS_INTERVAL or batch + 1 == self.n_batches:
+                    last_report = now
+                    yield BatchProgress(epoch, batch + 1, self.n_batches, cost_sum / seen, seconds, seen / seconds)
+            eval_start = time.perf_counter()
+            train_error = model.evaluate(self.train_images, self.train_labels).error
+            test_error = self.evaluate_test().error
+            result = EpochResult(
+                epoch=epoch,
+                train_error=train_error,
+                test_error=test_error,
+                cost=cost_sum / seen,
+                seconds=seconds,
+                images_per_second=seen / seconds,
+                eval_seconds=time.perf_counter() - eval_start,
+            )
+            model.history.append(result)
+            yield result
+            if control.stop_requested or control.stop_after_epoch:
+                return
+
+    def _fit_knn(self, control: TrainingControl) -> Iterator:
+        model = self.model
+        start = time.perf_counter()
+        model.fit(self.train_images, self.train_labels)
+        n_test = len(self.test_images)
+        probs = np.empty((n_test, N_CLASSES), dtype=np.float32)
+        done = 0
+        for first, chunk_probs in model.iter_predict_proba(self.test_images):
+            probs[first : first + len(chunk_probs)] = chunk_probs
+            done = first + len(chunk_probs)
+            elapsed = time.perf_counter() - start
+            yield BatchProgress(1, done, n_test, math.nan, elapsed, done / max(elapsed, 1e-9))
+            control.wait_while_paused()
+            if control.stop_requested:
+                return
+        seconds = time.perf_counter() - start
+        error = Evaluation(probs, self.test_labels.astype(np.int64)).error
+        result = EpochResult(1, math.nan, error, math.nan, seconds, n_test / seconds, 0.0)
+        model.history = [result]
+        yield result

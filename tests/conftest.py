@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests read the real MNIST from ../shared/data/mnist through MNISTGUI_DATA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+if "XDG_RUNTIME_DIR" not in os.environ:  # Qt warns without one
+    import tempfile
+
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mnistgui-runtime-")
+os.environ.setdefault("MNISTGUI_DATA", str(SHARED_MNIST))
+MNIST_DIR = Path(os.environ["MNISTGUI_DATA"])
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from mnistgui.core.data import load_dataset
+
+    return load_dataset("mnist", MNIST_DIR)
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """A home, data folder and working folder with nothing in them, and no MNISTGUI_DATA."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.delenv("MNISTGUI_DATA", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home

@@ -1,0 +1,78 @@
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+from mnistgui.core import backend
+from mnistgui.core.config import Config
+from mnistgui.core.layers import RngChain, dropout, init_weights
+from mnistgui.core.models import build_layers, convnet_sides, init_parameters, parameter_shapes
+
+MODE = backend.compile_mode("c")
+
+
+def test_convnet_sizes_follow_the_notebook():
+    assert convnet_sides(3) == [(30, 15), (13, 7), (5, 3)]
+    shapes = parameter_shapes(Config.for_model("convnet"))
+    assert shapes == {"w": (32, 1, 3, 3), "w2": (64, 32, 3, 3), "w3": (128, 64, 3, 3),
+                      "w4": (128 * 3 * 3, 625), "w_o": (625, 10)}
+
+
+def test_parameter_names_follow_the_notebook():
+    assert list(parameter_shapes(Config.for_model("logreg"))) == ["w"]
+    assert list(parameter_shapes(Config.for_model("mlp"))) == ["w_h", "w_o"]
+    assert list(parameter_shapes(Config.for_model("dropout_mlp"))) == ["w_h", "w_h2", "w_o"]
+    with_bias = parameter_shapes(Config.for_model("dropout_mlp", use_bias=True))
+    assert with_bias["b_h2"] == (625,) and with_bias["b_o"] == (10,)
+
+
+def test_convnet_layers_and_probabilities():
+    config = Config.for_model("convnet", use_bias=True)
+    params = init_parameters(config)
+    X = pt.matrix(dtype="float32")
+    layers = build_layers(X, params, config)
+    assert list(layers) == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "hidden", "logits", "probs"]
+    fn = pytensor.function([X], list(layers.values()), mode=MODE)
+    outputs = dict(zip(layers, fn(np.random.default_rng(0).random((3, 784), dtype=np.float32))))
+    assert outputs["conv1"].shape == (3, 32, 30, 30) and outputs["pool1"].shape == (3, 32, 15, 15)
+    assert outputs["conv2"].shape == (3, 64, 13, 13) and outputs["pool2"].shape == (3, 64, 7, 7)
+    assert outputs["conv3"].shape == (3, 128, 5, 5) and outputs["pool3"].shape == (3, 128, 3, 3)
+    assert outputs["hidden"].shape == (3, 625)
+    np.testing.assert_allclose(outputs["probs"].sum(axis=1), 1.0, rtol=1e-5)
+    assert all(v.dtype == np.float32 for v in outputs.values())
+
+
+def test_initialisation_schemes_have_their_scale():
+    rng = np.random.default_rng(0)
+    normal = init_weights((784, 625), "normal", 0.01, rng, "w").get_value()
+    glorot = init_weights((784, 625), "glorot", 0.01, rng, "w").get_value()
+    he = init_weights((64, 32, 3, 3), "he", 0.01, rng, "w").get_value()
+    assert normal.dtype == np.float32 and abs(normal.std() - 0.01) < 0.0002
+    assert abs(np.abs(glorot).max() - np.sqrt(6 / (784 + 625))) < 0.001
+    assert abs(he.std() - np.sqrt(2 / (32 * 9))) < 0.002
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a = init_parameters(Config.for_model("mlp", seed=1))["w_h"].get_value()
+    b = init_parameters(Config.for_model("mlp", seed=1))["w_h"].get_value()
+    c = init_parameters(Config.for_model("mlp", seed=2))["w_h"].get_value()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_mean(p):
+    rng = RngChain(seed=3)
+    X = pt.matrix(dtype="float32")
+    out = dropout(X, p, rng)
+    fn = pytensor.function([X], out, updates=[rng.update], mode=MODE)
+    ones = np.ones((400, 500), dtype=np.float32)
+    first, second = fn(ones), fn(ones)
+    assert abs((first == 0).mean() - p) < 0.005
+    assert abs(first.mean() - 1.0) < 0.01
+    assert not np.array_equal(first, second)  # the RNG state advances between calls
+    assert first.dtype == np.float32
+
+
+def test_dropout_is_identity_without_rng_or_probability():
+    X = pt.matrix(dtype="float32")
+    assert dropout(X, 0.5, None) is X and dropout(X, 0.0, RngChain(1)) is X

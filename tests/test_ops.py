@@ -1,0 +1,104 @@
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+from scipy.signal import convolve2d
+
+from mnistgui.core import backend
+from mnistgui.core.ops import conv2d, corr2d_valid, corr2d_weights, max_pool_2d
+
+MODE = backend.compile_mode("c")  # compiles fastest; the Ops' kernels are the same in every backend
+
+
+def _reference_conv(x, w, mode):
+    """Multi-channel convolution from scipy, one (image, filter) pair at a time."""
+    n, c = x.shape[:2]
+    f = w.shape[0]
+    out = [[sum(convolve2d(x[i, ch], w[j, ch], mode) for ch in range(c)) for j in range(f)] for i in range(n)]
+    return np.array(out)
+
+
+def _reference_pool(x):
+    """2x2 max pooling with ignore_border=False, by loops."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c, (h + 1) // 2, (w + 1) // 2), dtype=x.dtype)
+    for i in range(out.shape[2]):
+        for j in range(out.shape[3]):
+            out[:, :, i, j] = x[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["valid", "full"])
+@pytest.mark.parametrize("shape", [((2, 3, 7, 6), (4, 3, 3, 2)), ((1, 1, 28, 28), (5, 1, 3, 3))])
+def test_conv2d_matches_scipy(mode, shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape[0])
+    w = rng.standard_normal(shape[1])
+    X, W = pt.tensor4(dtype="float64"), pt.tensor4(dtype="float64")
+    fn = pytensor.function([X, W], conv2d(X, W, mode), mode=MODE)
+    np.testing.assert_allclose(fn(x, w), _reference_conv(x, w, mode), rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_with_static_filter_shape_gives_notebook_sizes():
+    X = pt.tensor4(dtype="float32")
+    W = pt.tensor4(dtype="float32")
+    out = conv2d(X, W, "full", filter_shape=(32, 1, 3, 3))
+    fn = pytensor.function([X, W], [out, max_pool_2d(out)], mode=MODE)
+    a, b = fn(np.ones((2, 1, 28, 28), "float32"), np.ones((32, 1, 3, 3), "float32"))
+    assert a.shape == (2, 32, 30, 30) and b.shape == (2, 32, 15, 15)
+    assert a.dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 7), (13, 13), (1, 1)])
+def test_max_pool_matches_loops_including_odd_sizes(size):
+    x = np.random.default_rng(2).standard_normal((2, 3) + size)
+    X = pt.tensor4(dtype="float64")
+    fn = pytensor.function([X], max_pool_2d(X), mode=MODE)
+    np.testing.assert_array_equal(fn(x), _reference_pool(x))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_only():
+    X = pt.tensor4(dtype="float64")
+    grad = pytensor.grad(max_pool_2d(X).sum(), X)
+    fn = pytensor.function([X], grad, mode=MODE)
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 2, 2] = -1.0  # odd border window: its only real element
+    expected = np.zeros((1, 1, 3, 3))
+    expected[0, 0, 0, 0] = expected[0, 0, 0, 2] = expected[0, 0, 2, 0] = expected[0, 0, 2, 2] = 1.0
+    np.testing.assert_array_equal(fn(x), expected)
+
+
+@pytest.mark.parametrize("mode", ["valid", "full"])
+def test_conv2d_gradient_matches_finite_differences(mode):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 2))
+    verify_grad(lambda a, b: conv2d(a, b, mode), [x, w], rng=rng, mode=MODE)
+
+
+def test_weights_gradient_op_has_correct_gradients_too():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 5, 5))
+    g = rng.standard_normal((2, 3, 3, 3))
+    verify_grad(corr2d_weights, [x, g], rng=rng, mode=MODE)
+    verify_grad(corr2d_valid, [x, rng.standard_normal((3, 2, 3, 3))], rng=rng, mode=MODE)
+
+
+def test_max_pool_gradient_matches_finite_differences():
+    rng = np.random.default_rng(5)
+    verify_grad(max_pool_2d, [rng.standard_normal((2, 3, 5, 7))], rng=rng, mode=MODE)
+
+
+def test_ops_run_under_numba():
+    X = pt.tensor4(dtype="float32")
+    W = pt.tensor4(dtype="float32")
+    out = max_pool_2d(conv2d(X, W, "valid"))
+    cost = out.sum()
+    fn = pytensor.function([X, W], [out, pytensor.grad(cost, W)], mode=backend.compile_mode("numba"))
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 1, 8, 8)).astype("float32")
+    w = rng.standard_normal((3, 1, 3, 3)).astype("float32")
+    pooled, gw = fn(x, w)
+    np.testing.assert_allclose(pooled, _reference_pool(_reference_conv(x, w, "valid")), rtol=1e-5)
+    assert pooled.dtype == np.float32 and gw.dtype == np.float32 and gw.shape == w.shape
