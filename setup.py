@@ -13,9 +13,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["mnistgui", "mnistgui.*"]),
-    include_package_data=True,
-    package_data={"mnistgui": ["resources/*"]},
+    # The top-level resources/ folder installs as the package mnistgui.resources.
+    packages=find_packages(include=["mnistgui", "mnistgui.*"]) + ["mnistgui.resources"],
+    package_dir={"mnistgui.resources": "resources"},
+    package_data={"mnistgui.resources": ["*.png"]},
     install_requires=[
         "numpy>=1.26",
         "pytensor>=3.0,<4",

@@ -287,6 +287,7 @@ class Trainer:
         self.test_labels = np.asarray(dataset.test_labels, dtype=np.int32)
         self._train_fn = None
         self.compile_seconds = math.nan
+        self.last_test_evaluation: Evaluation | None = None  # of the latest epoch, for viewers
 
     @property
     def n_batches(self) -> int:
@@ -380,7 +381,8 @@ class Trainer:
                     yield BatchProgress(epoch, batch + 1, self.n_batches, cost_sum / seen, seconds, seen / seconds)
             eval_start = time.perf_counter()
             train_error = model.evaluate(self.train_images, self.train_labels).error
-            test_error = self.evaluate_test().error
+            self.last_test_evaluation = self.evaluate_test()
+            test_error = self.last_test_evaluation.error
             result = EpochResult(
                 epoch=epoch,
                 train_error=train_error,
@@ -411,7 +413,8 @@ class Trainer:
             if control.stop_requested:
                 return
         seconds = time.perf_counter() - start
-        error = Evaluation(probs, self.test_labels.astype(np.int64)).error
+        self.last_test_evaluation = Evaluation(probs, self.test_labels.astype(np.int64))
+        error = self.last_test_evaluation.error
         result = EpochResult(1, math.nan, error, math.nan, seconds, n_test / seconds, 0.0)
         model.history = [result]
         yield result

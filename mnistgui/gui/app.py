@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def run_gui(model_path: str | None = None) -> int:
-    from PyQt5 import QtCore, QtWidgets
+def resource_path(name: str) -> Path:
+    """A file of resources/: installed as mnistgui/resources, or beside the package in a checkout."""
+    for folder in (_PACKAGE / "resources", _PACKAGE.parent / "resources"):
+        if (folder / name).exists():
+            return folder / name
+    return _PACKAGE / "resources" / name
 
+
+def make_application():
+    from PyQt5 import QtCore, QtGui, QtWidgets
+
+    # High-DPI attributes must be set before the QApplication exists.
     QtWidgets.QApplication.setAttribute(QtCore.Qt.AA_EnableHighDpiScaling, True)
     QtWidgets.QApplication.setAttribute(QtCore.Qt.AA_UseHighDpiPixmaps, True)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setApplicationName("mnistgui")
     app.setOrganizationName("mnistgui")
+    icon = resource_path("mnistgui.png")
+    if icon.exists():
+        app.setWindowIcon(QtGui.QIcon(str(icon)))
+    import pyqtgraph as pg
+
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)  # else digits appear transposed
+    return app
+
+
+def run_gui(model_path: str | None = None) -> int:
+    from PyQt5 import QtCore
+
+    app = make_application()
     from .main_window import MainWindow
 
     window = MainWindow()
     window.show()
     if model_path:
-        window.open_model(model_path)
+        QtCore.QTimer.singleShot(0, lambda: window.open_model(model_path))
+    else:
+        # Offer the ways to get the data at once, not at the first Start.
+        QtCore.QTimer.singleShot(0, lambda: window.dataset(window.config_panel.config().dataset))
     return app.exec_()
