@@ -407,3 +407,22 @@ def test_about_lists_versions(qtbot, window, monkeypatch):
     monkeypatch.setattr(QtWidgets.QMessageBox, "about", lambda parent, title, text: shown.append(text))
     window.about()
     assert "PyTensor" in shown[0] and "pyqtgraph" in shown[0] and "Qt " in shown[0]
+
+
+def test_data_dialog_downloads_from_a_mirror(qtbot, tmp_path, monkeypatch):
+    from mnistgui.core import data
+    from mnistgui.gui.data_dialog import DataDialog
+
+    from .test_data import FILES, _Server
+
+    monkeypatch.setattr(data, "default_download_dir", lambda name: tmp_path / name)
+    server = _Server({f"/m/{n}": (MNIST_DIR / n).read_bytes() for n in FILES})
+    try:
+        dialog = DataDialog("mnist", "MNIST not found.")
+        qtbot.addWidget(dialog)
+        with qtbot.waitSignal(dialog.folder_chosen, timeout=60_000) as blocker:
+            dialog.download(mirrors=[server.base + "/m/"])
+        assert blocker.args == [str(tmp_path / "mnist")]
+        assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(FILES)
+    finally:
+        server.close()

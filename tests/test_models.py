@@ -76,3 +76,31 @@ def test_dropout_zeroes_a_fraction_p_and_keeps_the_mean(p):
 def test_dropout_is_identity_without_rng_or_probability():
     X = pt.matrix(dtype="float32")
     assert dropout(X, 0.5, None) is X and dropout(X, 0.0, RngChain(1)) is X
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp", "dropout_mlp", "convnet"])
+def test_numpy_reference_forward_matches_the_graph(model, mnist):
+    from mnistgui.core.reference import forward
+    from mnistgui.core.training import NeuralModel
+
+    config = Config.for_model(model, init="he", use_bias=True, seed=3)
+    network = NeuralModel(config.replace(backend="c"))
+    images = mnist.test_images[:4].reshape(4, -1)
+    compiled = network.layer_outputs(images)
+    reference = forward(config, network.weights(), images)
+    assert list(reference) == list(compiled)
+    for name in compiled:
+        np.testing.assert_allclose(reference[name], compiled[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+def test_tiles_layout_and_weight_views():
+    from mnistgui.core.tiles import tile_grid, weight_tiles
+
+    grid = tile_grid(np.ones((5, 2, 3)), columns=3, gap=1)
+    assert grid.shape == (2 * 2 + 1, 3 * 3 + 2)
+    assert np.isnan(grid[2]).all() and np.isnan(grid[3:, 7:]).all() and grid[0, 0] == grid[3, 6] == 1
+    config = Config.for_model("convnet")
+    weights = {k: v.get_value() for k, v in init_parameters(config).items()}
+    assert weight_tiles(config, weights, "w").shape == (32, 3, 3)
+    assert weight_tiles(config, weights, "w3", channel=2).shape == (128, 3, 3)
+    np.testing.assert_allclose(weight_tiles(config, weights, "w2"), np.abs(weights["w2"]).mean(axis=1))
