@@ -19,7 +19,7 @@ from .core.config import (
 )
 from .core.errors import MnistguiError
 
-SUBCOMMANDS = ("train", "evaluate", "info", "download")
+SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench")
 EXIT_USAGE = 2
 
 
@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dataset", choices=DATASETS, default="mnist")
     download.add_argument("--dir", metavar="DIR", help="download here instead")
     download.set_defaults(func=cmd_download)
+
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

@@ -330,8 +330,11 @@ class Trainer:
     def evaluate_test(self) -> Evaluation:
         return self.model.evaluate(self.test_images, self.test_labels)
 
-    def train(self, epochs: int | None = None, control: TrainingControl | None = None) -> Iterator:
+    def train(self, epochs: int | None = None, control: TrainingControl | None = None,
+              evaluate: bool = True) -> Iterator:
         """Train `epochs` more epochs (default: the configuration's), yielding progress and results.
+
+        With `evaluate` False the epoch's errors are NaN: for timing the training alone.
 
         A stop request mid-epoch rolls the model back to the end of its last finished epoch, so a
         saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
@@ -380,9 +383,11 @@ class Trainer:
                     last_report = now
                     yield BatchProgress(epoch, batch + 1, self.n_batches, cost_sum / seen, seconds, seen / seconds)
             eval_start = time.perf_counter()
-            train_error = model.evaluate(self.train_images, self.train_labels).error
-            self.last_test_evaluation = self.evaluate_test()
-            test_error = self.last_test_evaluation.error
+            train_error = test_error = math.nan
+            if evaluate:
+                train_error = model.evaluate(self.train_images, self.train_labels).error
+                self.last_test_evaluation = self.evaluate_test()
+                test_error = self.last_test_evaluation.error
             result = EpochResult(
                 epoch=epoch,
                 train_error=train_error,

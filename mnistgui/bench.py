@@ -1,0 +1,291 @@
+"""`mnistgui bench`: every model, side by side with PyTorch on the CPU, in one run.
+
+Each (framework, model) pair runs in its own subprocess, so peak memory is that pair's alone and a
+cold compile really is cold (a fresh PyTensor compile folder). Per pair it reports compile time
+(cold and warm), the median seconds of a training epoch and images/s, inference time on the test
+set, peak resident memory, FLOPs per epoch and the share of the machine's measured float32
+matrix-product rate that the epoch reaches.
+
+Timings mean something only on an idle machine with fixed thread counts: a busy second core slows a
+run many times over. The thread count is set for NumPy's BLAS and for PyTorch alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODELS = ("logreg", "mlp", "dropout_mlp", "convnet", "knn")
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------
+
+
+def forward_flops(config) -> int:
+    """Multiply-adds x 2 of one image's forward pass."""
+    from .core.models import convnet_sides, parameter_shapes
+
+    shapes = parameter_shapes(config)
+    total = 0
+    if config.model == "convnet":
+        sides = convnet_sides(len(config.conv_filters))
+        for index, shape in enumerate(list(shapes.values())[: len(config.conv_filters)]):
+            side = sides[index][0]
+            total += 2 * side * side * shape[0] * shape[1] * shape[2] * shape[3]
+    for rows, cols in (s for s in shapes.values() if len(s) == 2):
+        total += 2 * rows * cols
+    return total
+
+
+def matmul_ceiling(threads: int) -> float:
+    """GFLOP/s of a large float32 NumPy matrix product: the machine's practical ceiling."""
+    import numpy as np
+
+    n = 2048
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+# --- one measurement, in a child process ------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _limit_batches(trainer, batches: int | None):
+    if batches:
+        trainer.train_images = trainer.train_images[: batches * trainer.model.config.batch_size]
+        trainer.train_labels = trainer.train_labels[: batches * trainer.model.config.batch_size]
+
+
+def measure_pytensor(model_name: str, args) -> dict:
+    from .core.config import Config
+    from .core.data import load_dataset
+    from .core.training import EpochResult, KnnModel, Trainer, create_model
+
+    dataset = load_dataset("mnist", args.data).subset(args.train_size, 0)
+    config = Config.for_model(model_name, backend=args.backend)
+    model = create_model(config)
+    trainer = Trainer(model, dataset)
+    full_batches = trainer.n_batches
+    out = {"framework": "pytensor", "model": model_name, "backend": getattr(model, "backend", "numpy")}
+    if isinstance(model, KnnModel):
+        model.fit(trainer.train_images, trainer.train_labels)
+        start = time.perf_counter()
+        model.predict_proba(trainer.test_images)
+        out["inference_s"] = time.perf_counter() - start
+        out["peak_rss_mb"] = _peak_rss_mb()
+        return out
+    out["compile_s"] = trainer.compile()
+    _limit_batches(trainer, args.batches)
+    measured_batches = trainer.n_batches
+    seconds = []
+    for _ in range(args.repeats):
+        for item in trainer.train(1, evaluate=False):
+            if isinstance(item, EpochResult):
+                seconds.append(item.seconds * full_batches / measured_batches)
+    start = time.perf_counter()
+    model.predict_proba(dataset.test_images)
+    out["inference_s"] = time.perf_counter() - start
+    out["epoch_s"] = statistics.median(seconds)
+    out["images_per_s"] = len(dataset.train_images) / out["epoch_s"]
+    out["flops_per_epoch"] = 3 * forward_flops(config) * len(dataset.train_images)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def measure_torch(model_name: str, args) -> dict:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from .core.config import Config
+    from .core.data import load_dataset, to_float
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dataset = load_dataset("mnist", args.data).subset(args.train_size, 0)
+    config = Config.for_model(model_name)
+    x_train = torch.from_numpy(to_float(dataset.train_images))
+    y_train = torch.from_numpy(dataset.train_labels.astype(np.int64))
+    x_test = torch.from_numpy(to_float(dataset.test_images))
+    out = {"framework": "torch", "model": model_name, "backend": f"torch {torch.__version__}"}
+    if model_name == "knn":
+        start = time.perf_counter()
+        with torch.no_grad():
+            train = x_train.double()
+            for chunk in torch.split(x_test.double(), 500):
+                torch.cdist(chunk, train).argmin(dim=1)
+        out["inference_s"] = time.perf_counter() - start
+        out["peak_rss_mb"] = _peak_rss_mb()
+        return out
+
+    def linear(n_in, n_out):
+        layer = nn.Linear(n_in, n_out, bias=False)
+        nn.init.normal_(layer.weight, std=config.init_std)
+        return layer
+
+    def conv(c_in, c_out, padding):
+        layer = nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False)
+        nn.init.normal_(layer.weight, std=config.init_std)
+        return layer
+
+    if model_name == "logreg":
+        net = nn.Sequential(linear(784, 10))
+    elif model_name == "mlp":
+        net = nn.Sequential(linear(784, 625), nn.Sigmoid(), linear(625, 10))
+    elif model_name == "dropout_mlp":
+        net = nn.Sequential(nn.Dropout(0.2), linear(784, 625), nn.ReLU(), nn.Dropout(0.5),
+                            linear(625, 625), nn.ReLU(), nn.Dropout(0.5), linear(625, 10))
+    else:
+        pool = dict(kernel_size=2, ceil_mode=True)
+        net = nn.Sequential(
+            nn.Unflatten(1, (1, 28, 28)),
+            conv(1, 32, 2), nn.ReLU(), nn.MaxPool2d(**pool), nn.Dropout(0.2),
+            conv(32, 64, 0), nn.ReLU(), nn.MaxPool2d(**pool), nn.Dropout(0.2),
+            conv(64, 128, 0), nn.ReLU(), nn.MaxPool2d(**pool), nn.Flatten(), nn.Dropout(0.2),
+            linear(128 * 3 * 3, 625), nn.ReLU(), nn.Dropout(0.5), linear(625, 10))
+    if config.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(net.parameters(), lr=config.learning_rate, alpha=config.rho, eps=config.epsilon)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+    size = config.batch_size
+    n_batches = -(-len(x_train) // size)
+    measured = min(args.batches or n_batches, n_batches)
+
+    def epoch():
+        net.train()
+        start = time.perf_counter()
+        for b in range(measured):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(x_train[b * size : (b + 1) * size]), y_train[b * size : (b + 1) * size])
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - start) * n_batches / measured
+
+    seconds = [epoch() for _ in range(args.repeats)]
+    net.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for chunk in torch.split(x_test, 1000):
+            net(chunk)
+    out["inference_s"] = time.perf_counter() - start
+    out["epoch_s"] = statistics.median(seconds)
+    out["images_per_s"] = len(x_train) / out["epoch_s"]
+    out["flops_per_epoch"] = 3 * forward_flops(config) * len(x_train)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _child(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework")
+    parser.add_argument("model")
+    parser.add_argument("--data")
+    parser.add_argument("--train-size", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="auto")
+    args = parser.parse_args(argv)
+    measure = measure_torch if args.framework == "torch" else measure_pytensor
+    print("RESULT " + json.dumps(measure(args.model, args)), flush=True)
+
+
+def _run_child(framework, model, args, compiledir) -> dict:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(args.threads)
+    env["PYTENSOR_FLAGS"] = ",".join(filter(None, [env.get("PYTENSOR_FLAGS"), f"compiledir={compiledir}"]))
+    command = [sys.executable, "-m", "mnistgui.bench", framework, model, "--train-size", str(args.train_size),
+               "--batches", str(args.batches), "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--backend", args.backend]
+    if args.data:
+        command += ["--data", args.data]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {"framework": framework, "model": model, "error": tail[0]}
+
+
+def _fmt(value, pattern="{:.2f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def run(args) -> int:
+    try:
+        import torch  # noqa: F401
+
+        have_torch = not args.no_torch
+    except ImportError:
+        have_torch = False
+        if not args.no_torch:
+            print("PyTorch is not installed: measuring mnistgui alone (pip install 'mnistgui[bench]' adds it)")
+    ceiling = matmul_ceiling(args.threads)
+    print(f"float32 matrix-product ceiling: {ceiling:.0f} GFLOP/s on {args.threads} threads")
+    print(f"training set: {args.train_size or 60000} images; "
+          f"{'all' if not args.batches else args.batches} batches per timed epoch; median of {args.repeats}")
+    rows = []
+    for model in args.models:
+        with tempfile.TemporaryDirectory(prefix="mnistgui-bench-") as compiledir:
+            cold = _run_child("pytensor", model, args, compiledir)
+            warm = _run_child("pytensor", model, args, compiledir) if model != "knn" else cold
+        ours = dict(warm, compile_cold_s=cold.get("compile_s"))
+        theirs = _run_child("torch", model, args, tempfile.gettempdir()) if have_torch else {}
+        rows.append((model, ours, theirs))
+        print(json.dumps({"model": model, "mnistgui": ours, "torch": theirs}), file=sys.stderr)
+    header = ("| model | compile cold / warm (s) | epoch (s) | images/s | inference 10k (s) | peak RSS (MB) "
+              "| GFLOP/epoch | % of ceiling | PyTorch epoch (s) | PyTorch inference (s) | epoch ratio |")
+    print(header)
+    print("| " + " | ".join(["---"] * 11) + " |")
+    for model, ours, theirs in rows:
+        if "error" in ours:
+            print(f"| {model} | failed: {ours['error']} |")
+            continue
+        flops = ours.get("flops_per_epoch")
+        share = flops / ours["epoch_s"] / 1e9 / ceiling * 100 if flops and ours.get("epoch_s") else None
+        ratio = ours["epoch_s"] / theirs["epoch_s"] if ours.get("epoch_s") and theirs.get("epoch_s") else None
+        compile_text = "-" if model == "knn" else f"{ours.get('compile_cold_s', 0):.1f} / {ours.get('compile_s', 0):.1f}"
+        print(f"| {model} | {compile_text} | {_fmt(ours.get('epoch_s'))} | {_fmt(ours.get('images_per_s'), '{:,.0f}')} "
+              f"| {_fmt(ours.get('inference_s'))} | {ours.get('peak_rss_mb', 0):.0f} "
+              f"| {_fmt(flops / 1e9 if flops else None, '{:.0f}')} | {_fmt(share, '{:.0f}%')} "
+              f"| {_fmt(theirs.get('epoch_s'))} | {_fmt(theirs.get('inference_s'))} | {_fmt(ratio, '{:.2f}x')} |")
+    return 0
+
+
+def add_parser(commands):
+    bench = commands.add_parser("bench", help="time every model, side by side with PyTorch",
+                                description="Benchmark training and inference, with PyTorch CPU beside "
+                                            "(if installed). Run it on an idle machine.")
+    bench.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    bench.add_argument("--data", metavar="DIR")
+    bench.add_argument("--train-size", type=int, default=0, help="first N training images (0: all 60,000)")
+    bench.add_argument("--batches", type=int, default=0, help="time only N batches per epoch, and extrapolate")
+    bench.add_argument("--repeats", type=int, default=2, help="epochs per measurement; the median is reported")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--backend", default="auto", choices=("auto", "c", "numba"))
+    bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    bench.set_defaults(func=run)
+    return bench
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
