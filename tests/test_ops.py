@@ -102,3 +102,12 @@ def test_ops_run_under_numba():
     pooled, gw = fn(x, w)
     np.testing.assert_allclose(pooled, _reference_pool(_reference_conv(x, w, "valid")), rtol=1e-5)
     assert pooled.dtype == np.float32 and gw.dtype == np.float32 and gw.shape == w.shape
+
+
+def test_input_gradient_op_has_correct_gradients():
+    from mnistgui.core.ops import corr2d_input_grad
+
+    rng = np.random.default_rng(7)
+    x = pt.constant(np.zeros((2, 3, 6, 5)))
+    verify_grad(lambda g, k: corr2d_input_grad(x, g, k),
+                [rng.standard_normal((2, 4, 4, 3)), rng.standard_normal((4, 3, 3, 3))], rng=rng, mode=MODE)

@@ -6,14 +6,16 @@ PyTensor dropped Theano's conv2d and pool_2d. These Ops bring them back with The
 ignore_border=False, so odd sizes round up (13 -> 7).
 
 One primitive carries the arithmetic: `Corr2dValid`, a valid cross-correlation computed as im2col
-plus a single matrix product (what Theano's CorrMM did). Its two gradients are again a valid
-correlation (of the padded output gradient with the flipped, transposed filters) and `Corr2dWeights`.
+plus a single matrix product (what Theano's CorrMM did). Its two gradients are `Corr2dInputGrad`
+(one matrix product, then col2im) and `Corr2dWeights` (im2col, then one matrix product).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.scalar.basic import upcast
@@ -35,11 +37,25 @@ def _im2col(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
     return patches.reshape(n * rows * cols, kh * kw * c)
 
 
+def _im2col_single_channel(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """For one input channel: patches as (N, kh * kw, rows_out * cols_out), straight from NCHW."""
+    n, _, h, w = x.shape
+    rows, cols = h - kh + 1, w - kw + 1
+    patches = np.empty((n, kh * kw, rows, cols), dtype=x.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            patches[:, a * kw + b] = x[:, 0, a : a + rows, b : b + cols]
+    return patches.reshape(n, kh * kw, rows * cols)
+
+
 def corr2d_valid_numpy(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """out[n, f, i, j] = sum_{c, a, b} x[n, c, i + a, j + b] * k[f, c, a, b]."""
     n, c, h, w = x.shape
     f, _, kh, kw = k.shape
     rows, cols = h - kh + 1, w - kw + 1
+    if c == 1:
+        # One channel (the first layer): a batched product lands in NCHW directly, no transpose.
+        return np.matmul(k.reshape(f, kh * kw), _im2col_single_channel(x, kh, kw)).reshape(n, f, rows, cols)
     out = _im2col(x, kh, kw) @ k.transpose(2, 3, 1, 0).reshape(kh * kw * c, f)
     return np.ascontiguousarray(out.reshape(n, rows, cols, f).transpose(0, 3, 1, 2))
 
@@ -49,9 +65,29 @@ def corr2d_weights_numpy(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     n, c, h, w = x.shape
     _, f, rows, cols = g.shape
     kh, kw = h - rows + 1, w - cols + 1
+    if c == 1:
+        per_image = np.matmul(g.reshape(n, f, rows * cols), _im2col_single_channel(x, kh, kw).transpose(0, 2, 1))
+        return per_image.sum(axis=0).reshape(f, 1, kh, kw)
     grads = g.transpose(0, 2, 3, 1).reshape(n * rows * cols, f)
     dk = grads.T @ _im2col(x, kh, kw)  # (F, kh * kw * C)
     return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+def corr2d_input_grad_numpy(g: np.ndarray, k: np.ndarray, h: int, w: int) -> np.ndarray:
+    """dx[n, c, p, q] = sum_{f, i, j} g[n, f, i, j] * k[f, c, p - i, q - j], for x of size (h, w).
+
+    col2im: one matrix product gives every patch's gradient, then kh * kw strided additions fold
+    the patches back onto the image; half the memory traffic of correlating a padded gradient.
+    """
+    n, f, rows, cols = g.shape
+    _, c, kh, kw = k.shape
+    grads = g.transpose(0, 2, 3, 1).reshape(n * rows * cols, f)
+    patches = (grads @ k.transpose(0, 2, 3, 1).reshape(f, kh * kw * c)).reshape(n, rows, cols, kh, kw, c)
+    dx = np.zeros((n, h, w, c), dtype=g.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            dx[:, a : a + rows, b : b + cols, :] += patches[:, :, :, a, b, :]
+    return np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
 
 
 def _pad(x, ph, pw):
@@ -87,8 +123,7 @@ class Corr2dValid(Op):
     def pullback(self, inputs, outputs, output_grads):
         x, k = inputs
         (g,) = output_grads
-        kh, kw = k.shape[2], k.shape[3]
-        return [corr2d_input_grad(g, k, kh, kw), corr2d_weights(x, g)]
+        return [corr2d_input_grad(x, g, k), corr2d_weights(x, g)]
 
 
 class Corr2dWeights(Op):
@@ -113,18 +148,40 @@ class Corr2dWeights(Op):
     def pullback(self, inputs, outputs, output_grads):
         x, g = inputs
         (gk,) = output_grads
-        kh, kw = x.shape[2] - g.shape[2] + 1, x.shape[3] - g.shape[3] + 1
-        return [corr2d_input_grad(g, gk, kh, kw), corr2d_valid(x, gk)]
+        return [corr2d_input_grad(x, g, gk), corr2d_valid(x, gk)]
+
+
+class Corr2dInputGrad(Op):
+    """Gradient of `Corr2dValid` with respect to x, given g and k; x itself only lends its shape."""
+
+    __props__ = ()
+
+    def make_node(self, x, g, k):
+        x, g, k = (pt.as_tensor_variable(v) for v in (x, g, k))
+        out = pt.tensor(dtype=upcast(g.dtype, k.dtype), shape=(g.type.shape[0], k.type.shape[1], None, None))
+        return Apply(self, [x, g, k], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, g, k = inputs
+        dx = corr2d_input_grad_numpy(g, k, x.shape[2], x.shape[3])
+        output_storage[0][0] = dx.astype(node.outputs[0].dtype, copy=False)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (n, _, h, w), _, (_, c, _, _) = shapes
+        return [(n, c, h, w)]
+
+    def connection_pattern(self, node):
+        return [[False], [True], [True]]
+
+    def pullback(self, inputs, outputs, output_grads):
+        x, g, k = inputs
+        (gx,) = output_grads
+        return [disconnected_type(), corr2d_valid(gx, k), corr2d_weights(gx, g)]
 
 
 corr2d_valid = Corr2dValid()
 corr2d_weights = Corr2dWeights()
-
-
-def corr2d_input_grad(g, k, kh, kw):
-    """d(loss)/dx for out = corr2d_valid(x, k): the full correlation of g with the flipped filters."""
-    padded = _pad(g, kh - 1, kw - 1)
-    return corr2d_valid(padded, k[:, :, ::-1, ::-1].dimshuffle(1, 0, 2, 3))
+corr2d_input_grad = Corr2dInputGrad()
 
 
 def conv2d(x, w, border_mode: str = "valid", filter_shape: tuple[int, int, int, int] | None = None):
@@ -144,37 +201,54 @@ def conv2d(x, w, border_mode: str = "valid", filter_shape: tuple[int, int, int, 
 # --- Max pooling ---------------------------------------------------------------------------------
 
 
-def _pad_even(x: np.ndarray) -> np.ndarray:
-    """x padded with -inf at the bottom and right to even sizes (a view if already even)."""
+@numba.njit(cache=True, nogil=True)
+def _max_pool_kernel(x, out):
     n, c, h, w = x.shape
-    if h % 2 == 0 and w % 2 == 0:
-        return x
-    padded = np.full((n, c, h + h % 2, w + w % 2), -np.inf, dtype=x.dtype)
-    padded[:, :, :h, :w] = x
-    return padded
+    rows, cols = out.shape[2], out.shape[3]
+    for nc in range(n * c):
+        i, j = nc // c, nc % c
+        for r in range(rows):
+            for q in range(cols):
+                best = x[i, j, 2 * r, 2 * q]
+                for a in range(2):
+                    for b in range(2):
+                        rr, qq = 2 * r + a, 2 * q + b
+                        if rr < h and qq < w and x[i, j, rr, qq] > best:
+                            best = x[i, j, rr, qq]
+                out[i, j, r, q] = best
 
 
-_CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # window positions in row-major order
+@numba.njit(cache=True, nogil=True)
+def _max_pool_grad_kernel(x, gz, gx):
+    n, c, h, w = x.shape
+    rows, cols = gz.shape[2], gz.shape[3]
+    for nc in range(n * c):
+        i, j = nc // c, nc % c
+        for r in range(rows):
+            for q in range(cols):
+                best_r, best_q = 2 * r, 2 * q
+                best = x[i, j, best_r, best_q]
+                for a in range(2):
+                    for b in range(2):
+                        rr, qq = 2 * r + a, 2 * q + b
+                        if rr < h and qq < w and x[i, j, rr, qq] > best:  # strict: the first maximum wins
+                            best, best_r, best_q = x[i, j, rr, qq], rr, qq
+                gx[i, j, best_r, best_q] = gz[i, j, r, q]
 
 
 def max_pool_numpy(x: np.ndarray) -> np.ndarray:
-    x = _pad_even(x)
-    top = np.maximum(x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2])
-    return np.maximum(top, np.maximum(x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]))
+    """2x2 max pooling, ignore_border=False (an odd last row or column pools alone)."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c, (h + 1) // 2, (w + 1) // 2), dtype=x.dtype)
+    _max_pool_kernel(np.ascontiguousarray(x), out)
+    return out
 
 
 def max_pool_grad_numpy(x: np.ndarray, gz: np.ndarray) -> np.ndarray:
     """Route each output gradient to the first maximum of its window (row-major), as cuDNN does."""
-    n, c, h, w = x.shape
-    padded = _pad_even(x)
-    pooled = max_pool_numpy(x)
-    gx = np.zeros(padded.shape, dtype=gz.dtype)
-    unrouted = np.ones(pooled.shape, dtype=bool)
-    for a, b in _CORNERS:
-        winner = unrouted & (padded[:, :, a::2, b::2] == pooled)
-        gx[:, :, a::2, b::2] = np.where(winner, gz, 0)
-        unrouted &= ~winner
-    return np.ascontiguousarray(gx[:, :, :h, :w])
+    gx = np.zeros(x.shape, dtype=gz.dtype)
+    _max_pool_grad_kernel(np.ascontiguousarray(x), np.ascontiguousarray(gz), gx)
+    return gx
 
 
 class MaxPool2x2(Op):
