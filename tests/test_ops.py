@@ -79,7 +79,7 @@ def test_conv2d_gradient_matches_finite_differences(mode):
 
 def test_weights_gradient_op_has_correct_gradients_too():
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 2, 5, 5))
+    x = rng.standard_normal((2, 5, 5, 2))  # channels-last, as the Ops work
     g = rng.standard_normal((2, 3, 3, 3))
     verify_grad(corr2d_weights, [x, g], rng=rng, mode=MODE)
     verify_grad(corr2d_valid, [x, rng.standard_normal((3, 2, 3, 3))], rng=rng, mode=MODE)
@@ -108,6 +108,6 @@ def test_input_gradient_op_has_correct_gradients():
     from mnistgui.core.ops import corr2d_input_grad
 
     rng = np.random.default_rng(7)
-    x = pt.constant(np.zeros((2, 3, 6, 5)))
+    x = pt.constant(np.zeros((2, 6, 5, 3)))  # channels-last: 6 x 5 images of 3 channels
     verify_grad(lambda g, k: corr2d_input_grad(x, g, k),
-                [rng.standard_normal((2, 4, 4, 3)), rng.standard_normal((4, 3, 3, 3))], rng=rng, mode=MODE)
+                [rng.standard_normal((2, 4, 3, 4)), rng.standard_normal((4, 3, 3, 3))], rng=rng, mode=MODE)

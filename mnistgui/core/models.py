@@ -15,7 +15,7 @@ import pytensor.tensor as pt
 
 from .config import Config
 from .layers import ACTIVATION_FUNCTIONS, RngChain, dense, dropout, init_weights, softmax, zeros_bias
-from .ops import conv2d, max_pool_2d
+from .ops import conv2d_nhwc, max_pool_2d_nhwc
 
 IMAGE_SIDE = 28
 N_CLASSES = 10
@@ -97,30 +97,31 @@ def mlp(X, params, config: Config, rng: RngChain | None):
     return layers
 
 
-def _conv_bias(b):
-    return b.dimshuffle("x", 0, "x", "x")
-
-
 def convnet(X, params, config: Config, rng: RngChain | None):
-    """Three conv + pool stages, a hidden layer and the output, with the notebook's dropout."""
+    """Three conv + pool stages, a hidden layer and the output, with the notebook's dropout.
+
+    Feature maps stay channels-last, (batch, rows, cols, channels), from the first conv to the last
+    pool (see ops.py); the layers it reports are channels-first, as Theano's were.
+    """
     act = ACTIVATION_FUNCTIONS[config.activation]
     shapes = parameter_shapes(config)
     layers = OrderedDict()
-    h = X.reshape((X.shape[0], 1, IMAGE_SIDE, IMAGE_SIDE))
+    h = X.reshape((X.shape[0], IMAGE_SIDE, IMAGE_SIDE, 1))
     n_conv = len(config.conv_filters)
     for index in range(n_conv):
         name = "w" if index == 0 else f"w{index + 1}"
         # 28 -> 30 ('full'), then 15 -> 13 and 7 -> 5 ('valid'); pooling halves, rounding up.
         mode = "full" if index == 0 else "valid"
-        pre = conv2d(h, params[name], mode, filter_shape=shapes[name])
+        pre = conv2d_nhwc(h, params[name], mode, filter_shape=shapes[name])
         if _bias_name(name) in params:
-            pre = pre + _conv_bias(params[_bias_name(name)])
+            pre = pre + params[_bias_name(name)]
         h = act(pre)
-        layers[f"conv{index + 1}"] = h
-        h = max_pool_2d(h)
-        layers[f"pool{index + 1}"] = h
+        layers[f"conv{index + 1}"] = h.dimshuffle(0, 3, 1, 2)
+        h = max_pool_2d_nhwc(h)
+        layers[f"pool{index + 1}"] = h.dimshuffle(0, 3, 1, 2)
         if index == n_conv - 1:
-            h = pt.flatten(h, ndim=2)  # (batch, 128 * 3 * 3) with the defaults
+            # Flatten channels-first, (batch, 128 * 3 * 3) with the defaults, so w4 means what it did in Theano.
+            h = pt.flatten(layers[f"pool{index + 1}"], ndim=2)
         h = dropout(h, config.conv_dropout, rng)
     w_hidden = f"w{n_conv + 1}"
     h = act(dense(h, params[w_hidden], params.get(_bias_name(w_hidden))))

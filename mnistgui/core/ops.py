@@ -5,9 +5,15 @@ PyTensor dropped Theano's conv2d and pool_2d. These Ops bring them back with The
 (batch, channels, rows, cols) tensors, and `max_pool_2d` is non-overlapping 2x2 pooling with
 ignore_border=False, so odd sizes round up (13 -> 7).
 
+Inside, the Ops work channels-last, (batch, rows, cols, channels): then im2col copies contiguous
+runs, one matrix product per batch gives the output already in layout, and no transpose is needed
+between layers. The convnet keeps its feature maps channels-last from first conv to last pool;
+`conv2d` and `max_pool_2d` wrap the same Ops for the usual channels-first layout.
+
 One primitive carries the arithmetic: `Corr2dValid`, a valid cross-correlation computed as im2col
 plus a single matrix product (what Theano's CorrMM did). Its two gradients are `Corr2dInputGrad`
 (one matrix product, then col2im) and `Corr2dWeights` (im2col, then one matrix product).
+Filters stay (filters, channels, rows, cols), as in Theano and in the model files.
 """
 
 from __future__ import annotations
@@ -20,87 +26,131 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.scalar.basic import upcast
 
+# --- NumPy kernels, channels-last ------------------------------------------------------------------
+
 
 def _im2col(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    """Patches of x (N, C, H, W) as rows (N * rows_out * cols_out, kh * kw * C), channels last.
-
-    Built from kh * kw strided block copies of a channels-last x: far faster than copying a
-    sliding-window view, whose innermost strides jump across the image.
-    """
-    n, c, h, w = x.shape
+    """Patches of x (N, H, W, C) as rows (N * rows_out * cols_out, kh * kw * C): kh * kw block copies."""
+    n, h, w, c = x.shape
     rows, cols = h - kh + 1, w - kw + 1
-    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     patches = np.empty((n, rows, cols, kh, kw, c), dtype=x.dtype)
     for a in range(kh):
         for b in range(kw):
-            patches[:, :, :, a, b, :] = x_last[:, a : a + rows, b : b + cols, :]
+            patches[:, :, :, a, b, :] = x[:, a : a + rows, b : b + cols, :]
     return patches.reshape(n * rows * cols, kh * kw * c)
 
 
-def _im2col_single_channel(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
-    """For one input channel: patches as (N, kh * kw, rows_out * cols_out), straight from NCHW."""
-    n, _, h, w = x.shape
-    rows, cols = h - kh + 1, w - kw + 1
-    patches = np.empty((n, kh * kw, rows, cols), dtype=x.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            patches[:, a * kw + b] = x[:, 0, a : a + rows, b : b + cols]
-    return patches.reshape(n, kh * kw, rows * cols)
+def _filters_as_matrix(k: np.ndarray) -> np.ndarray:
+    """(F, C, kh, kw) filters as the (kh * kw * C, F) matrix that multiplies im2col rows."""
+    f, c, kh, kw = k.shape
+    return k.transpose(2, 3, 1, 0).reshape(kh * kw * c, f)
 
 
-def corr2d_valid_numpy(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """out[n, f, i, j] = sum_{c, a, b} x[n, c, i + a, j + b] * k[f, c, a, b]."""
-    n, c, h, w = x.shape
+def corr2d_nhwc(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """out[n, i, j, f] = sum_{c, a, b} x[n, i + a, j + b, c] * k[f, c, a, b]."""
+    n, h, w, _ = x.shape
     f, _, kh, kw = k.shape
     rows, cols = h - kh + 1, w - kw + 1
-    if c == 1:
-        # One channel (the first layer): a batched product lands in NCHW directly, no transpose.
-        return np.matmul(k.reshape(f, kh * kw), _im2col_single_channel(x, kh, kw)).reshape(n, f, rows, cols)
-    out = _im2col(x, kh, kw) @ k.transpose(2, 3, 1, 0).reshape(kh * kw * c, f)
-    return np.ascontiguousarray(out.reshape(n, rows, cols, f).transpose(0, 3, 1, 2))
+    return (_im2col(x, kh, kw) @ _filters_as_matrix(k)).reshape(n, rows, cols, f)
 
 
-def corr2d_weights_numpy(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """dk[f, c, a, b] = sum_{n, i, j} x[n, c, i + a, j + b] * g[n, f, i, j]."""
-    n, c, h, w = x.shape
-    _, f, rows, cols = g.shape
+def corr2d_weights_nhwc(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """dk[f, c, a, b] = sum_{n, i, j} x[n, i + a, j + b, c] * g[n, i, j, f]."""
+    n, h, w, c = x.shape
+    _, rows, cols, f = g.shape
     kh, kw = h - rows + 1, w - cols + 1
-    if c == 1:
-        per_image = np.matmul(g.reshape(n, f, rows * cols), _im2col_single_channel(x, kh, kw).transpose(0, 2, 1))
-        return per_image.sum(axis=0).reshape(f, 1, kh, kw)
-    grads = g.transpose(0, 2, 3, 1).reshape(n * rows * cols, f)
-    dk = grads.T @ _im2col(x, kh, kw)  # (F, kh * kw * C)
+    dk = g.reshape(n * rows * cols, f).T @ _im2col(x, kh, kw)  # (F, kh * kw * C)
     return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
 
 
-def corr2d_input_grad_numpy(g: np.ndarray, k: np.ndarray, h: int, w: int) -> np.ndarray:
-    """dx[n, c, p, q] = sum_{f, i, j} g[n, f, i, j] * k[f, c, p - i, q - j], for x of size (h, w).
+def corr2d_input_grad_nhwc(g: np.ndarray, k: np.ndarray, h: int, w: int) -> np.ndarray:
+    """dx[n, p, q, c] = sum_{f, i, j} g[n, i, j, f] * k[f, c, p - i, q - j], for x of size (h, w).
 
     col2im: one matrix product gives every patch's gradient, then kh * kw strided additions fold
-    the patches back onto the image; half the memory traffic of correlating a padded gradient.
+    the patches back onto the image.
     """
-    n, f, rows, cols = g.shape
+    n, rows, cols, f = g.shape
     _, c, kh, kw = k.shape
-    grads = g.transpose(0, 2, 3, 1).reshape(n * rows * cols, f)
-    patches = (grads @ k.transpose(0, 2, 3, 1).reshape(f, kh * kw * c)).reshape(n, rows, cols, kh, kw, c)
+    patches = (g.reshape(n * rows * cols, f) @ _filters_as_matrix(k).T).reshape(n, rows, cols, kh, kw, c)
     dx = np.zeros((n, h, w, c), dtype=g.dtype)
     for a in range(kh):
         for b in range(kw):
             dx[:, a : a + rows, b : b + cols, :] += patches[:, :, :, a, b, :]
-    return np.ascontiguousarray(dx.transpose(0, 3, 1, 2))
+    return dx
 
 
-def _pad(x, ph, pw):
-    """Zero-pad the last two axes of a 4-d tensor by (ph, pw) on each side; ph, pw may be symbolic."""
-    if isinstance(ph, int) and isinstance(pw, int) and ph == pw == 0:
-        return x
-    n, c, h, w = x.shape
-    padded = pt.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    return pt.set_subtensor(padded[:, :, ph : ph + h, pw : pw + w], x)
+def corr2d_valid_numpy(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Channels-first reference: out[n, f, i, j] = sum_{c, a, b} x[n, c, i + a, j + b] * k[f, c, a, b]."""
+    out = corr2d_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), k)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_pool_kernel(x, out):
+    n, h, w, c = x.shape
+    for i in range(n):
+        for r in range(out.shape[1]):
+            for q in range(out.shape[2]):
+                for j in range(c):
+                    best = x[i, 2 * r, 2 * q, j]
+                    for a in range(2):
+                        for b in range(2):
+                            rr, qq = 2 * r + a, 2 * q + b
+                            if rr < h and qq < w and x[i, rr, qq, j] > best:
+                                best = x[i, rr, qq, j]
+                    out[i, r, q, j] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_pool_grad_kernel(x, gz, gx):
+    n, h, w, c = x.shape
+    for i in range(n):
+        for r in range(gz.shape[1]):
+            for q in range(gz.shape[2]):
+                for j in range(c):
+                    best_r, best_q = 2 * r, 2 * q
+                    best = x[i, best_r, best_q, j]
+                    for a in range(2):
+                        for b in range(2):
+                            rr, qq = 2 * r + a, 2 * q + b
+                            if rr < h and qq < w and x[i, rr, qq, j] > best:  # strict: the first maximum wins
+                                best, best_r, best_q = x[i, rr, qq, j], rr, qq
+                    gx[i, best_r, best_q, j] = gz[i, r, q, j]
+
+
+def max_pool_nhwc(x: np.ndarray) -> np.ndarray:
+    """2x2 max pooling, ignore_border=False (an odd last row or column pools alone)."""
+    n, h, w, c = x.shape
+    if h % 2 == 0 and w % 2 == 0:  # four strided views with contiguous channel runs: vectorised
+        top = np.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+        return np.maximum(top, np.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]), out=top)
+    out = np.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
+    _max_pool_kernel(np.ascontiguousarray(x), out)
+    return out
+
+
+def max_pool_grad_nhwc(x: np.ndarray, gz: np.ndarray) -> np.ndarray:
+    """Route each output gradient to the first maximum of its window (row-major), as cuDNN does."""
+    gx = np.zeros(x.shape, dtype=gz.dtype)
+    _max_pool_grad_kernel(np.ascontiguousarray(x), np.ascontiguousarray(gz), gx)
+    return gx
+
+
+def max_pool_numpy(x: np.ndarray) -> np.ndarray:
+    """Channels-first 2x2 max pooling, for references and viewers."""
+    out = max_pool_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+# --- Ops, channels-last -------------------------------------------------------------------------------
+
+
+def _as_float_out(node, value):
+    return value.astype(node.outputs[0].dtype, copy=False)
 
 
 class Corr2dValid(Op):
-    """Valid 2-d cross-correlation of x (N, C, H, W) with k (F, C, kh, kw)."""
+    """Valid 2-d cross-correlation of x (N, H, W, C) with k (F, C, kh, kw), giving (N, H', W', F)."""
 
     __props__ = ()
 
@@ -109,16 +159,15 @@ class Corr2dValid(Op):
         k = pt.as_tensor_variable(k)
         if x.ndim != 4 or k.ndim != 4:
             raise TypeError("Corr2dValid takes two 4-d tensors")
-        out = pt.tensor(dtype=upcast(x.dtype, k.dtype), shape=(x.type.shape[0], k.type.shape[0], None, None))
+        out = pt.tensor(dtype=upcast(x.dtype, k.dtype), shape=(x.type.shape[0], None, None, k.type.shape[0]))
         return Apply(self, [x, k], [out])
 
     def perform(self, node, inputs, output_storage):
-        x, k = inputs
-        output_storage[0][0] = corr2d_valid_numpy(x, k).astype(node.outputs[0].dtype, copy=False)
+        output_storage[0][0] = _as_float_out(node, corr2d_nhwc(*inputs))
 
     def infer_shape(self, fgraph, node, shapes):
-        (n, _, h, w), (f, _, kh, kw) = shapes
-        return [(n, f, h - kh + 1, w - kw + 1)]
+        (n, h, w, _), (f, _, kh, kw) = shapes
+        return [(n, h - kh + 1, w - kw + 1, f)]
 
     def pullback(self, inputs, outputs, output_grads):
         x, k = inputs
@@ -134,15 +183,14 @@ class Corr2dWeights(Op):
     def make_node(self, x, g):
         x = pt.as_tensor_variable(x)
         g = pt.as_tensor_variable(g)
-        out = pt.tensor(dtype=upcast(x.dtype, g.dtype), shape=(g.type.shape[1], x.type.shape[1], None, None))
+        out = pt.tensor(dtype=upcast(x.dtype, g.dtype), shape=(g.type.shape[3], x.type.shape[3], None, None))
         return Apply(self, [x, g], [out])
 
     def perform(self, node, inputs, output_storage):
-        x, g = inputs
-        output_storage[0][0] = corr2d_weights_numpy(x, g).astype(node.outputs[0].dtype, copy=False)
+        output_storage[0][0] = _as_float_out(node, corr2d_weights_nhwc(*inputs))
 
     def infer_shape(self, fgraph, node, shapes):
-        (_, c, h, w), (_, f, rows, cols) = shapes
+        (_, h, w, c), (_, rows, cols, f) = shapes
         return [(f, c, h - rows + 1, w - cols + 1)]
 
     def pullback(self, inputs, outputs, output_grads):
@@ -158,17 +206,16 @@ class Corr2dInputGrad(Op):
 
     def make_node(self, x, g, k):
         x, g, k = (pt.as_tensor_variable(v) for v in (x, g, k))
-        out = pt.tensor(dtype=upcast(g.dtype, k.dtype), shape=(g.type.shape[0], k.type.shape[1], None, None))
+        out = pt.tensor(dtype=upcast(g.dtype, k.dtype), shape=(g.type.shape[0], None, None, k.type.shape[1]))
         return Apply(self, [x, g, k], [out])
 
     def perform(self, node, inputs, output_storage):
         x, g, k = inputs
-        dx = corr2d_input_grad_numpy(g, k, x.shape[2], x.shape[3])
-        output_storage[0][0] = dx.astype(node.outputs[0].dtype, copy=False)
+        output_storage[0][0] = _as_float_out(node, corr2d_input_grad_nhwc(g, k, x.shape[1], x.shape[2]))
 
     def infer_shape(self, fgraph, node, shapes):
-        (n, _, h, w), _, (_, c, _, _) = shapes
-        return [(n, c, h, w)]
+        (n, h, w, _), _, (_, c, _, _) = shapes
+        return [(n, h, w, c)]
 
     def connection_pattern(self, node):
         return [[False], [True], [True]]
@@ -184,75 +231,8 @@ corr2d_weights = Corr2dWeights()
 corr2d_input_grad = Corr2dInputGrad()
 
 
-def conv2d(x, w, border_mode: str = "valid", filter_shape: tuple[int, int, int, int] | None = None):
-    """Theano's conv2d: true convolution of x (N, C, H, W) with w (F, C, kh, kw).
-
-    'valid' gives H - kh + 1 rows, 'full' gives H + kh - 1. `filter_shape` (static) lets 'full' pad
-    with constants; without it the padding is read from w's shape at run time.
-    """
-    if border_mode not in ("valid", "full"):
-        raise ValueError(f"border_mode must be 'valid' or 'full', not {border_mode!r}")
-    if border_mode == "full":
-        kh, kw = filter_shape[2:] if filter_shape is not None else (w.shape[2], w.shape[3])
-        x = _pad(x, kh - 1, kw - 1)
-    return corr2d_valid(x, w[:, :, ::-1, ::-1])
-
-
-# --- Max pooling ---------------------------------------------------------------------------------
-
-
-@numba.njit(cache=True, nogil=True)
-def _max_pool_kernel(x, out):
-    n, c, h, w = x.shape
-    rows, cols = out.shape[2], out.shape[3]
-    for nc in range(n * c):
-        i, j = nc // c, nc % c
-        for r in range(rows):
-            for q in range(cols):
-                best = x[i, j, 2 * r, 2 * q]
-                for a in range(2):
-                    for b in range(2):
-                        rr, qq = 2 * r + a, 2 * q + b
-                        if rr < h and qq < w and x[i, j, rr, qq] > best:
-                            best = x[i, j, rr, qq]
-                out[i, j, r, q] = best
-
-
-@numba.njit(cache=True, nogil=True)
-def _max_pool_grad_kernel(x, gz, gx):
-    n, c, h, w = x.shape
-    rows, cols = gz.shape[2], gz.shape[3]
-    for nc in range(n * c):
-        i, j = nc // c, nc % c
-        for r in range(rows):
-            for q in range(cols):
-                best_r, best_q = 2 * r, 2 * q
-                best = x[i, j, best_r, best_q]
-                for a in range(2):
-                    for b in range(2):
-                        rr, qq = 2 * r + a, 2 * q + b
-                        if rr < h and qq < w and x[i, j, rr, qq] > best:  # strict: the first maximum wins
-                            best, best_r, best_q = x[i, j, rr, qq], rr, qq
-                gx[i, j, best_r, best_q] = gz[i, j, r, q]
-
-
-def max_pool_numpy(x: np.ndarray) -> np.ndarray:
-    """2x2 max pooling, ignore_border=False (an odd last row or column pools alone)."""
-    n, c, h, w = x.shape
-    out = np.empty((n, c, (h + 1) // 2, (w + 1) // 2), dtype=x.dtype)
-    _max_pool_kernel(np.ascontiguousarray(x), out)
-    return out
-
-
-def max_pool_grad_numpy(x: np.ndarray, gz: np.ndarray) -> np.ndarray:
-    """Route each output gradient to the first maximum of its window (row-major), as cuDNN does."""
-    gx = np.zeros(x.shape, dtype=gz.dtype)
-    _max_pool_grad_kernel(np.ascontiguousarray(x), np.ascontiguousarray(gz), gx)
-    return gx
-
-
 class MaxPool2x2(Op):
-    """Non-overlapping 2x2 max pooling, ignore_border=False: output (ceil(H/2), ceil(W/2))."""
+    """Non-overlapping 2x2 max pooling of (N, H, W, C), ignore_border=False: (N, ceil(H/2), ceil(W/2), C)."""
 
     __props__ = ()
 
@@ -260,15 +240,15 @@ class MaxPool2x2(Op):
         x = pt.as_tensor_variable(x)
         if x.ndim != 4:
             raise TypeError("MaxPool2x2 takes a 4-d tensor")
-        out = pt.tensor(dtype=x.dtype, shape=(x.type.shape[0], x.type.shape[1], None, None))
+        out = pt.tensor(dtype=x.dtype, shape=(x.type.shape[0], None, None, x.type.shape[3]))
         return Apply(self, [x], [out])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = max_pool_numpy(inputs[0])
+        output_storage[0][0] = max_pool_nhwc(inputs[0])
 
     def infer_shape(self, fgraph, node, shapes):
-        n, c, h, w = shapes[0]
-        return [(n, c, (h + 1) // 2, (w + 1) // 2)]
+        n, h, w, c = shapes[0]
+        return [(n, (h + 1) // 2, (w + 1) // 2, c)]
 
     def pullback(self, inputs, outputs, output_grads):
         return [max_pool_grad(inputs[0], output_grads[0])]
@@ -283,8 +263,7 @@ class MaxPool2x2Grad(Op):
         return Apply(self, [x, gz], [x.type()])
 
     def perform(self, node, inputs, output_storage):
-        x, gz = inputs
-        output_storage[0][0] = max_pool_grad_numpy(x, gz).astype(node.outputs[0].dtype, copy=False)
+        output_storage[0][0] = _as_float_out(node, max_pool_grad_nhwc(*inputs))
 
     def infer_shape(self, fgraph, node, shapes):
         return [shapes[0]]
@@ -293,4 +272,40 @@ class MaxPool2x2Grad(Op):
 max_pool_2x2 = MaxPool2x2()
 max_pool_grad = MaxPool2x2Grad()
 
-max_pool_2d = max_pool_2x2  # the notebook's max_pool_2d(x, (2, 2)), ignore_border=False
+
+# --- graph functions ---------------------------------------------------------------------------------
+
+
+def _pad_spatial(x, ph, pw):
+    """Zero-pad axes 1 and 2 of a channels-last 4-d tensor by (ph, pw) on each side."""
+    n, h, w, c = x.shape
+    padded = pt.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    return pt.set_subtensor(padded[:, ph : ph + h, pw : pw + w, :], x)
+
+
+def conv2d_nhwc(x, w, border_mode: str = "valid", filter_shape: tuple[int, int, int, int] | None = None):
+    """Theano's conv2d on channels-last x (N, H, W, C) with filters w (F, C, kh, kw): (N, H', W', F).
+
+    'valid' gives H - kh + 1 rows, 'full' gives H + kh - 1. `filter_shape` (static) lets 'full' pad
+    by constants; without it the padding is read from w's shape at run time.
+    """
+    if border_mode not in ("valid", "full"):
+        raise ValueError(f"border_mode must be 'valid' or 'full', not {border_mode!r}")
+    if border_mode == "full":
+        kh, kw = filter_shape[2:] if filter_shape is not None else (w.shape[2], w.shape[3])
+        x = _pad_spatial(x, kh - 1, kw - 1)
+    return corr2d_valid(x, w[:, :, ::-1, ::-1])
+
+
+def conv2d(x, w, border_mode: str = "valid", filter_shape: tuple[int, int, int, int] | None = None):
+    """Theano's conv2d on channels-first x (N, C, H, W): true convolution, 'valid' or 'full'."""
+    out = conv2d_nhwc(x.dimshuffle(0, 2, 3, 1), w, border_mode, filter_shape)
+    return out.dimshuffle(0, 3, 1, 2)
+
+
+max_pool_2d_nhwc = max_pool_2x2
+
+
+def max_pool_2d(x):
+    """The notebook's max_pool_2d(x, (2, 2)) with ignore_border=False, on channels-first x."""
+    return max_pool_2x2(x.dimshuffle(0, 2, 3, 1)).dimshuffle(0, 3, 1, 2)
