@@ -127,11 +127,20 @@ def _read_array(f: h5py.File, key: str, path: Path, shape=None, kind="f") -> np.
     return item[()]
 
 
+# What h5py raises for damaged internals (bad B-tree, truncated chunk, wrong types, ...).
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError)
+
+
 def read_header(path: str | os.PathLike) -> dict:
     """The file's metadata without building the model: what `mnistgui info` prints."""
     path = Path(path)
-    with _open(path) as f:
-        return _header(f, path)
+    try:
+        with _open(path) as f:
+            return _header(f, path)
+    except ModelFileError:
+        raise
+    except _DAMAGE as exc:
+        raise ModelFileError(f"{path}: damaged or truncated model file ({exc})") from None
 
 
 def _open(path: Path) -> h5py.File:
@@ -210,8 +219,7 @@ def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
             _load_neural_state(f, model, path)
     except ModelFileError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        # h5py raises these for damaged internals (bad B-tree, truncated chunk, ...).
+    except _DAMAGE as exc:
         raise ModelFileError(f"{path}: damaged or truncated model file ({exc})") from None
     return model, header
 

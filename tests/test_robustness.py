@@ -1,0 +1,169 @@
+"""Crash safety and a window under abuse."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PyQt5 import QtCore
+
+from mnistgui.core.config import Config
+from mnistgui.core.modelfile import load_model, save_model
+from mnistgui.core.training import create_model
+
+from .conftest import MNIST_DIR
+
+SAVER = """
+import sys
+from mnistgui.core.config import Config
+from mnistgui.core.modelfile import save_model
+from mnistgui.core.training import create_model
+model = create_model(Config.for_model("convnet", seed=int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    save_model(model, sys.argv[1])
+"""
+
+
+def test_kill_9_during_saves_leaves_a_whole_file(tmp_path):
+    target = tmp_path / "model.h5"
+    save_model(create_model(Config.for_model("convnet", seed=1)), target)
+    original = load_model(target)[0].weights()
+    replacement = create_model(Config.for_model("convnet", seed=2)).weights()
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(target), "2"], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.6))  # somewhere inside one of its saves (each takes ~30 ms)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        weights = load_model(target)[0].weights()  # never half a file: the old one or the new one
+        assert any(all(np.array_equal(weights[k], whole[k]) for k in whole) for whole in (original, replacement))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model.h5"]
+    # A killed save can leave its temporary file behind (nothing runs to delete it); never the target.
+    assert all(name.startswith(".model.h5.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_full_disk_gives_a_clear_message_and_keeps_the_model(tmp_path):
+    from mnistgui.core.errors import ModelFileError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full to simulate a full disk")
+    model = create_model(Config.for_model("logreg"))
+    before = model.weights()["w"].copy()
+    # A folder whose files all live on /dev/full is hard to make without root mounts, so fill the
+    # write path itself: h5py writes to the temporary file, which we point at /dev/full.
+    import mnistgui.core.modelfile as modelfile
+
+    original_mkstemp = modelfile.tempfile.mkstemp
+
+    def full_disk_mkstemp(**kwargs):
+        fd, name = original_mkstemp(**kwargs)
+        os.close(fd)
+        os.unlink(name)
+        os.symlink("/dev/full", name)
+        return os.open(name, os.O_WRONLY), name
+
+    modelfile.tempfile.mkstemp = full_disk_mkstemp
+    try:
+        with pytest.raises(ModelFileError, match="cannot save .*model.h5"):
+            save_model(model, tmp_path / "model.h5")
+    finally:
+        modelfile.tempfile.mkstemp = original_mkstemp
+    assert not (tmp_path / "model.h5").exists()
+    assert np.array_equal(model.weights()["w"], before)
+
+
+# --- the window under abuse ---------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    from mnistgui.gui.app import make_application
+    from mnistgui.gui.main_window import MainWindow
+
+    make_application()
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+    win = MainWindow(settings=settings, data_dir=str(MNIST_DIR))
+    win.ask = lambda title, text: True
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    if win.busy:
+        win.worker.stop()
+        win.worker.wait()
+
+
+def test_fifty_start_stop_cycles_leak_no_threads_or_memory(qtbot, window):
+    config = Config.for_model("logreg", train_size=20000, test_size=500, batch_size=4, epochs=3)
+    window.config_panel.set_config(config)
+
+    def cycle():
+        with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=lambda s: s == "training"):
+            window.start_training()
+        with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=lambda s: s == "stopped"):
+            window.stop_training()
+        window.runs.clear()  # a long session keeps its runs; here we measure the machinery itself
+        window.runs_list.clear()
+
+    for _ in range(5):  # warm up caches and Qt's allocations
+        cycle()
+    gc.collect()
+    threads_before, rss_before = threading.active_count(), _rss_mb()
+    for _ in range(50):
+        cycle()
+    gc.collect()
+    qtbot.wait(100)
+    threads_after, rss_after = threading.active_count(), _rss_mb()
+    print(f"50 start/stop cycles: threads {threads_before} -> {threads_after}, "
+          f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert threads_after <= threads_before
+    assert rss_after - rss_before < 60
+
+
+def test_twenty_opens_of_model_files_leak_nothing(qtbot, window, tmp_path):
+    path = tmp_path / "m.h5"
+    model = create_model(Config.for_model("mlp", hidden_sizes=(64,), train_size=1000, test_size=1000))
+    save_model(model, path)
+
+    def open_once():
+        with qtbot.waitSignal(window.predictions_ready, timeout=60_000):
+            window.open_model(str(path))
+        window.runs.clear()
+        window.runs_list.clear()
+
+    for _ in range(3):
+        open_once()
+    gc.collect()
+    threads_before, rss_before = threading.active_count(), _rss_mb()
+    for _ in range(20):
+        open_once()
+    gc.collect()
+    threads_after, rss_after = threading.active_count(), _rss_mb()
+    print(f"20 model opens: threads {threads_before} -> {threads_after}, RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert threads_after <= threads_before
+    assert rss_after - rss_before < 60
+
+
+def test_closing_during_compilation_is_clean(qtbot, window):
+    # A configuration never compiled in this process: the worker is compiling when we close.
+    config = Config.for_model("convnet", conv_filters=(5, 7), hidden_sizes=(11,), train_size=500, test_size=100,
+                              seed=int(time.time()) % 1000)
+    window.config_panel.set_config(config)
+    with qtbot.waitSignal(window.state_changed, timeout=30_000, check_params_cb=lambda s: s == "compiling"):
+        window.start_training()
+    worker = window.worker
+    assert window.close()
+    assert not worker.isRunning() and window.current.model.epochs_done == 0
