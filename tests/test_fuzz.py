@@ -126,7 +126,9 @@ def test_mutated_model_files_raise_only_model_file_errors(fuzz_dir, model_bytes,
 @FUZZ
 @given(attribute=st.sampled_from(["format", "format_version", "config", "epochs_done", "rng_state", "versions",
                                   "dataset", "saved_at"]),
-       value=st.one_of(st.integers(-2**40, 2**40), st.text(max_size=50), st.floats(allow_nan=True),
+       value=st.one_of(st.integers(-2**40, 2**40),
+                       st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=50),
+                       st.floats(allow_nan=True),
                        st.binary(max_size=20)))
 def test_model_file_attributes_of_any_type_are_refused_cleanly(fuzz_dir, model_bytes, attribute, value):
     path = fuzz_dir / "attr.h5"

@@ -11,12 +11,14 @@ reference machine, one MNIST epoch (see the README for the command):
     numba (PyTensor's default)       0.08 s   0.93 s  minutes
     CVM with PyTensor's BLAS rewrites 0.13 s  3.5 s
 
-So "auto" means "c" where a C++ compiler exists, else "numba", which needs none.
+So "auto" means "c" where a C++ compiler exists, else "numba", which needs none. A frozen app
+(PyInstaller) always takes "numba": compiling C there would need Python's headers, which it lacks.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import pytensor
@@ -47,7 +49,7 @@ def numba_available() -> bool:
 
 
 def compiler_available() -> bool:
-    return bool(pytensor.config.cxx)
+    return bool(pytensor.config.cxx) and not getattr(sys, "frozen", False)
 
 
 def resolve_backend(name: str) -> str:

@@ -8,6 +8,7 @@ costs at most the cap.
 from __future__ import annotations
 
 import gzip
+import math
 import hashlib
 import struct
 import zlib
@@ -64,7 +65,7 @@ def read_idx(path: str | Path, expected_magic: int) -> IdxPayload:
                 )
             ndim = header[3]
             dims = struct.unpack(f">{ndim}I", _read_exactly(stream, 4 * ndim, path, "the header", digest))
-            size = int(np.prod(dims, dtype=np.int64))
+            size = math.prod(dims)  # Python integers: a lying header cannot overflow
             if size > MAX_PAYLOAD_BYTES:
                 raise DataError(f"{path}: header claims {dims}, {size} bytes: not a plausible MNIST file")
             payload = _read_exactly(stream, size, path, f"the {kind}", digest)

@@ -18,6 +18,8 @@ Filters stay (filters, channels, rows, cols), as in Theano and in the model file
 
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 import pytensor.tensor as pt
@@ -25,6 +27,9 @@ from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.scalar.basic import upcast
+
+# Numba caches compiled kernels beside the source; a frozen app has no source to cache beside.
+_CACHE = not getattr(sys, "frozen", False)
 
 # --- NumPy kernels, channels-last ------------------------------------------------------------------
 
@@ -85,7 +90,7 @@ def corr2d_valid_numpy(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _max_pool_kernel(x, out):
     n, h, w, c = x.shape
     for i in range(n):
@@ -101,7 +106,7 @@ def _max_pool_kernel(x, out):
                     out[i, r, q, j] = best
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _max_pool_grad_kernel(x, gz, gx):
     n, h, w, c = x.shape
     for i in range(n):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,10 @@ def run_gui(model_path: str | None = None) -> int:
 
     window = MainWindow()
     window.show()
+    # For smoke tests of installed and frozen builds: open the window, then quit on our own.
+    exit_after = os.environ.get("MNISTGUI_EXIT_AFTER_MS")
+    if exit_after:
+        QtCore.QTimer.singleShot(int(exit_after), window.close)
     if model_path:
         QtCore.QTimer.singleShot(0, lambda: window.open_model(model_path))
     else:

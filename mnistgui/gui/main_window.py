@@ -444,6 +444,7 @@ class MainWindow(QtWidgets.QMainWindow):
         worker.epoch_finished.connect(lambda snapshot, r=run: self._on_epoch(r, snapshot))
         worker.finished_run.connect(self._on_finished)
         worker.failed.connect(self._on_failed)
+        worker.finished.connect(worker.deleteLater)  # else, parented to the window, each run's model lives on
         self.worker = worker
         self._set_state("compiling" if run.config.is_trainable else "training",
                         "" if run.config.is_trainable else "nearest neighbours over the test set")
@@ -566,6 +567,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.evaluator = EvaluationWorker(model, run.dataset.test_images, self)
         self.evaluator.done.connect(lambda probs, r=run: self._on_evaluated(r, probs))
         self.evaluator.failed.connect(lambda message: (self._set_state("failed"), self.show_message("Cannot evaluate", message)))
+        self.evaluator.finished.connect(self.evaluator.deleteLater)
         self.evaluator.start()
         return run
 
@@ -659,6 +661,9 @@ class MainWindow(QtWidgets.QMainWindow):
             self.worker.resume()
             self.worker.wait()
         if self.evaluator is not None:
-            self.evaluator.wait()
+            try:
+                self.evaluator.wait()
+            except RuntimeError:  # already deleted: it had finished
+                pass
         self._save_settings()
         event.accept()
