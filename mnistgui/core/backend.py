@@ -34,8 +34,10 @@ pytensor.config.floatX = "float32"
 if "blas__ldflags" not in os.environ.get("PYTENSOR_FLAGS", ""):
     pytensor.config.blas__ldflags = ""
 
-# Our conv and pooling Ops run their NumPy kernels from Numba through object mode, by design.
-warnings.filterwarnings("ignore", message=r"Numba will use object mode to run (Corr2d|MaxPool2x2)")
+# Under Numba, our conv, pooling and dropout-draw Ops run their NumPy kernels through object mode,
+# by design; and PyTensor reports, harmlessly, when a fused loop would have too many arguments.
+warnings.filterwarnings("ignore", message=r"Numba will use object mode to run (Corr2d|MaxPool2x2|random_float32)")
+warnings.filterwarnings("ignore", message=r"Loop fusion failed because the resulting node would exceed")
 
 BACKEND_TITLES = {"c": "C (CVM) + NumPy BLAS", "numba": "Numba (LLVM)"}
 

@@ -1,0 +1,21 @@
+"""The frozen (PyInstaller) app: built from mnistgui.spec, then run as a user runs it.
+
+Takes about three minutes; set MNISTGUI_SKIP_FROZEN=1 to leave it out of a quick local run.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(os.environ.get("MNISTGUI_SKIP_FROZEN") == "1", reason="MNISTGUI_SKIP_FROZEN=1 asked to skip it")
+def test_frozen_app_builds_opens_and_trains_without_a_compiler():
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "build-app.sh")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mnistgui 0.1.0" in result.stdout
+    assert "backend numba" in result.stdout and "frozen app OK" in result.stdout
