@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mnistgui import __version__
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,5 +19,5 @@ def test_frozen_app_builds_opens_and_trains_without_a_compiler():
     result = subprocess.run(["bash", str(ROOT / "scripts" / "build-app.sh")], cwd=ROOT, capture_output=True,
                             text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "mnistgui 0.1.0" in result.stdout
+    assert f"mnistgui {__version__}" in result.stdout
     assert "backend numba" in result.stdout and "frozen app OK" in result.stdout
