@@ -232,7 +232,7 @@ def _fmt(value, pattern="{:.2f}"):
 
 def run(args) -> int:
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (only whether it imports)
 
         have_torch = not args.no_torch
     except ImportError:

@@ -38,3 +38,24 @@ def isolated_home(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     return home
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """The main window on the real MNIST, with its own settings file; quitting never asks."""
+    from PyQt5 import QtCore
+
+    from mnistgui.gui.app import make_application
+    from mnistgui.gui.main_window import MainWindow
+
+    make_application()
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+    win = MainWindow(settings=settings, data_dir=str(MNIST_DIR))
+    win.ask = lambda title, text: True
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    if win.busy:
+        win.worker.stop()
+        win.worker.resume()
+        win.worker.wait()

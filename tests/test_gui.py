@@ -23,20 +23,6 @@ from .conftest import MNIST_DIR
 make_application()
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
-    win = MainWindow(settings=settings, data_dir=str(MNIST_DIR))
-    win.ask = lambda title, text: True
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    if win.busy:
-        win.worker.stop()
-        win.worker.resume()
-        win.worker.wait()
-
-
 def _train(qtbot, win, config, timeout=120_000):
     win.config_panel.set_config(config)
     with qtbot.waitSignal(win.state_changed, timeout=timeout, check_params_cb=lambda s: s in ("finished", "failed", "stopped")):

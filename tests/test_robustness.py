@@ -12,13 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from PyQt5 import QtCore
 
 from mnistgui.core.config import Config
 from mnistgui.core.modelfile import load_model, save_model
 from mnistgui.core.training import create_model
 
-from .conftest import MNIST_DIR
 
 SAVER = """
 import sys
@@ -87,23 +85,6 @@ def test_full_disk_gives_a_clear_message_and_keeps_the_model(tmp_path):
 def _rss_mb() -> float:
     with open(f"/proc/{os.getpid()}/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    from mnistgui.gui.app import make_application
-    from mnistgui.gui.main_window import MainWindow
-
-    make_application()
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
-    win = MainWindow(settings=settings, data_dir=str(MNIST_DIR))
-    win.ask = lambda title, text: True
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    if win.busy:
-        win.worker.stop()
-        win.worker.wait()
 
 
 def test_fifty_start_stop_cycles_leak_no_threads_or_memory(qtbot, window):
