@@ -231,6 +231,9 @@ def _fmt(value, pattern="{:.2f}"):
 
 
 def run(args) -> int:
+    from .core.data import load_dataset
+
+    load_dataset("mnist", args.data)  # fail once, with the usual message, before any child starts
     try:
         import torch  # noqa: F401  (only whether it imports)
 
