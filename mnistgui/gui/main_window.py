@@ -478,7 +478,8 @@ class MainWindow(QtWidgets.QMainWindow):
         run.test_probs = snapshot.test_probs
         if snapshot.weights:
             run.snapshots.append((result.epoch, snapshot.weights))
-            self.filters.add_snapshot(result.epoch, snapshot.weights) if run is self.current else None
+            if run is self.current:
+                self.filters.add_snapshot(result.epoch, snapshot.weights)
         self.plot.update_run(run.key, run.name, run.color, run.history)
         if run is self.current:
             self._append_epoch_row(result)
