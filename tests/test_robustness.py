@@ -53,7 +53,7 @@ def test_full_disk_gives_a_clear_message_and_keeps_the_model(tmp_path):
     from mnistgui.core.errors import ModelFileError
 
     if not os.path.exists("/dev/full"):
-        pytest.skip("needs /dev/full to simulate a full disk")
+        pytest.skip("needs Linux's /dev/full device to simulate a full disk; absent on this system")
     model = create_model(Config.for_model("logreg"))
     before = model.weights()["w"].copy()
     # A folder whose files all live on /dev/full is hard to make without root mounts, so fill the
@@ -87,6 +87,22 @@ def _rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _assert_no_leak(qtbot, action, warm_up: int, repeats: int, what: str) -> None:
+    """Run `action` `repeats` times after a warm-up; threads must not grow, memory barely."""
+    for _ in range(warm_up):  # caches and Qt's own allocations settle first
+        action()
+    gc.collect()
+    threads_before, rss_before = threading.active_count(), _rss_mb()
+    for _ in range(repeats):
+        action()
+    gc.collect()
+    qtbot.wait(100)
+    threads_after, rss_after = threading.active_count(), _rss_mb()
+    print(f"{repeats} {what}: threads {threads_before} -> {threads_after}, RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    assert threads_after <= threads_before
+    assert rss_after - rss_before < 60
+
+
 def test_fifty_start_stop_cycles_leak_no_threads_or_memory(qtbot, window):
     config = Config.for_model("logreg", train_size=20000, test_size=500, batch_size=4, epochs=3)
     window.config_panel.set_config(config)
@@ -99,19 +115,7 @@ def test_fifty_start_stop_cycles_leak_no_threads_or_memory(qtbot, window):
         window.runs.clear()  # a long session keeps its runs; here we measure the machinery itself
         window.runs_list.clear()
 
-    for _ in range(5):  # warm up caches and Qt's allocations
-        cycle()
-    gc.collect()
-    threads_before, rss_before = threading.active_count(), _rss_mb()
-    for _ in range(50):
-        cycle()
-    gc.collect()
-    qtbot.wait(100)
-    threads_after, rss_after = threading.active_count(), _rss_mb()
-    print(f"50 start/stop cycles: threads {threads_before} -> {threads_after}, "
-          f"RSS {rss_before:.0f} -> {rss_after:.0f} MB")
-    assert threads_after <= threads_before
-    assert rss_after - rss_before < 60
+    _assert_no_leak(qtbot, cycle, warm_up=5, repeats=50, what="start/stop cycles")
 
 
 def test_twenty_opens_of_model_files_leak_nothing(qtbot, window, tmp_path):
@@ -125,17 +129,7 @@ def test_twenty_opens_of_model_files_leak_nothing(qtbot, window, tmp_path):
         window.runs.clear()
         window.runs_list.clear()
 
-    for _ in range(3):
-        open_once()
-    gc.collect()
-    threads_before, rss_before = threading.active_count(), _rss_mb()
-    for _ in range(20):
-        open_once()
-    gc.collect()
-    threads_after, rss_after = threading.active_count(), _rss_mb()
-    print(f"20 model opens: threads {threads_before} -> {threads_after}, RSS {rss_before:.0f} -> {rss_after:.0f} MB")
-    assert threads_after <= threads_before
-    assert rss_after - rss_before < 60
+    _assert_no_leak(qtbot, open_once, warm_up=3, repeats=20, what="model opens")
 
 
 def test_closing_during_compilation_is_clean(qtbot, window):
