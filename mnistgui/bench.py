@@ -25,25 +25,6 @@ import time
 MODELS = ("logreg", "mlp", "dropout_mlp", "convnet", "knn")
 
 
-# --- FLOPs ----------------------------------------------------------------------------------------
-
-
-def forward_flops(config) -> int:
-    """Multiply-adds x 2 of one image's forward pass."""
-    from .core.models import convnet_sides, parameter_shapes
-
-    shapes = parameter_shapes(config)
-    total = 0
-    if config.model == "convnet":
-        sides = convnet_sides(len(config.conv_filters))
-        for index, shape in enumerate(list(shapes.values())[: len(config.conv_filters)]):
-            side = sides[index][0]
-            total += 2 * side * side * shape[0] * shape[1] * shape[2] * shape[3]
-    for rows, cols in (s for s in shapes.values() if len(s) == 2):
-        total += 2 * rows * cols
-    return total
-
-
 def matmul_ceiling(threads: int) -> float:
     """GFLOP/s of a large float32 NumPy matrix product: the machine's practical ceiling."""
     import numpy as np
@@ -76,6 +57,7 @@ def _limit_batches(trainer, batches: int | None):
 def measure_pytensor(model_name: str, args) -> dict:
     from .core.config import Config
     from .core.data import load_dataset
+    from .core.models import forward_flops
     from .core.training import EpochResult, KnnModel, Trainer, create_model
 
     dataset = load_dataset("mnist", args.data).subset(args.train_size, 0)
@@ -116,6 +98,7 @@ def measure_torch(model_name: str, args) -> dict:
 
     from .core.config import Config
     from .core.data import load_dataset, to_float
+    from .core.models import forward_flops
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .core.config import (
-    ACTIVATIONS, BACKENDS, DATASETS, INITS, MODEL_TITLES, MODELS, OPTIMIZERS, Config, relevant_fields,
+    DATASETS, GROUPS, MODEL_TITLES, MODELS, SETTINGS, SETTINGS_LIST, Config, Setting, config_changes, relevant_fields,
+    resume_config,
 )
-from .core.errors import MnistguiError
+from .core.errors import ConfigError, MnistguiError
 
 SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench")
 EXIT_USAGE = 2
@@ -45,6 +46,57 @@ def _add_data_options(parser):
     parser.add_argument("--no-download", action="store_true", help="never download; fail if the data is not found")
 
 
+def _option_help(setting: Setting) -> str:
+    text = setting.help
+    if setting.kind in ("int", "float", "ints"):
+        text += f"; {setting.describe_range()}"
+    defaults = {model: setting.default_for(model) for model in MODELS if model in setting.models}
+    shown = {_shown(value) for value in defaults.values()}
+    if setting.kind == "choice" and setting.name == "backend":
+        text += "; " + "; ".join(setting.choices.values())
+    if len(shown) == 1:
+        text += f" (default {shown.pop()})"
+    else:
+        text += " (default " + ", ".join(f"{_shown(v)} for {m}" for m, v in defaults.items()) + ")"
+    if setting.changeable:
+        text += "; may change with --resume"
+    return text.replace("%", "%%")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+_ARGUMENT_TYPES = {"int": int, "float": float, "ints": _int_list}
+
+
+def add_setting_options(parser) -> None:
+    """One option per setting of the table that has a flag, grouped as in the window."""
+    groups = {name: parser.add_argument_group(name.lower()) for name in GROUPS}
+    for setting in SETTINGS_LIST:
+        if setting.flag is None:
+            continue
+        group = groups[setting.group]
+        flags = (setting.flag, *setting.aliases)
+        common = dict(dest=setting.name, default=None, help=_option_help(setting))
+        if setting.kind == "bool":
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
+        elif setting.kind == "choice":
+            group.add_argument(*flags, choices=list(setting.choices), **common)
+        else:
+            metavar = {"int": "N", "float": "X", "ints": "N[,N...]"}[setting.kind]
+            group.add_argument(*flags, type=_ARGUMENT_TYPES[setting.kind], metavar=metavar, **common)
+
+
+def given_settings(args) -> dict:
+    """The settings given on the command line, by name."""
+    return {name: value for name, value in vars(args).items() if name in SETTINGS and value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistgui", description="MNIST deep-learning workbench (PyTensor). "
                      "With no command, opens the window.")
@@ -52,41 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model headless, one line per epoch",
-                                description="Train one of the notebook's models. Defaults are the notebook's.")
-    train.add_argument("--model", choices=MODELS, default=None, help="which model (default logreg)")
-    train.add_argument("--dataset", choices=DATASETS, default=None)
+                                description="Train one of the notebook's models. Defaults are the notebook's, "
+                                "per model; with --resume, settings that may change between runs apply and "
+                                "the others are refused.")
     _add_data_options(train)
-    group = train.add_argument_group("architecture")
-    group.add_argument("--hidden", type=_int_list, metavar="N[,N...]", dest="hidden_sizes",
-                       help="fully connected hidden sizes, e.g. 625,625")
-    group.add_argument("--filters", type=_int_list, metavar="N[,N...]", dest="conv_filters",
-                       help="convnet filters per conv layer, e.g. 32,64,128")
-    group.add_argument("--activation", choices=ACTIVATIONS)
-    group.add_argument("--input-dropout", type=float)
-    group.add_argument("--conv-dropout", type=float)
-    group.add_argument("--hidden-dropout", type=float)
-    group.add_argument("--bias", action=argparse.BooleanOptionalAction, dest="use_bias", default=None,
-                       help="add biases (the notebook has none)")
-    group.add_argument("--init", choices=INITS)
-    group.add_argument("--init-std", type=float, help="std of the normal init (default 0.01)")
-    group.add_argument("-k", type=int, dest="k", help="neighbours for knn (default 1)")
-    group = train.add_argument_group("optimisation")
-    group.add_argument("--optimizer", choices=OPTIMIZERS)
-    group.add_argument("--lr", "--learning-rate", type=float, dest="learning_rate")
-    group.add_argument("--momentum", type=float)
-    group.add_argument("--rho", type=float, help="RMSprop decay (default 0.9)")
-    group.add_argument("--epsilon", type=float)
-    group.add_argument("--beta1", type=float)
-    group.add_argument("--beta2", type=float)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--epochs", type=int, help="epochs to train (more epochs, with --resume)")
-    group.add_argument("--seed", type=int)
-    group.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
-                       help="shuffle the training set each epoch (the notebook does not)")
-    group.add_argument("--train-size", type=int, help="use the first N training examples")
-    group.add_argument("--test-size", type=int, help="use the first N test examples")
-    group.add_argument("--mode", "--backend", choices=BACKENDS, dest="backend",
-                       help="PyTensor backend (default auto: Numba)")
+    add_setting_options(train)
     group = train.add_argument_group("files")
     group.add_argument("--save", metavar="FILE.h5", help="save the trained model here")
     group.add_argument("--log", metavar="FILE.csv", help="write epoch,train_error,test_error,cost,seconds")
@@ -163,12 +185,8 @@ def _epoch_line(result) -> str:
 
 
 def _config_from_args(args) -> Config:
-    overrides = {
-        name: value
-        for name, value in vars(args).items()
-        if name in Config.__dataclass_fields__ and name != "model" and value is not None
-    }
-    return Config.for_model(args.model or "logreg", **overrides)
+    settings = given_settings(args)
+    return Config.for_model(settings.pop("model", "logreg"), **settings)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -180,17 +198,17 @@ def cmd_train(args) -> int:
 
     if args.resume:
         model, header = load_model(args.resume)
-        ignored = [n for n in ("model", "dataset", "hidden_sizes", "conv_filters") if getattr(args, n, None)]
-        if ignored:
-            raise MnistguiError(f"--resume takes the architecture from {args.resume}; drop --{ignored[0].replace('_', '-')}")
-        config = model.config
-        changes = {n: getattr(args, n) for n in ("epochs", "backend", "train_size", "test_size")
-                   if getattr(args, n) is not None}
-        if changes:
-            config = config.replace(**changes)
-            config.validate()
-            model.config = config
+        if not model.config.is_trainable:
+            raise MnistguiError(f"{args.resume} is a nearest-neighbours model: it has nothing to train")
+        try:
+            config = resume_config(model.config, given_settings(args))
+        except ConfigError as exc:
+            raise MnistguiError(f"--resume {args.resume}: {exc}") from None
+        changes = config_changes(model.config, config)
+        model = model.reconfigured(config)
         print(f"resuming {args.resume}: {MODEL_TITLES[config.model]}, {model.epochs_done} epochs done")
+        if changes:
+            print("changed: " + ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()))
     else:
         config = _config_from_args(args)
         model = create_model(config)

@@ -26,8 +26,11 @@ def test_notebook_defaults():
         (dict(hidden_dropout=1.0), "hidden_dropout must be in"),
         (dict(batch_size=0), "batch_size must be in"),
         (dict(optimizer="lbfgs"), "optimizer must be one of"),
-        (dict(hidden_sizes=()), "needs at least one hidden layer"),
-        (dict(hidden_sizes=(0,)), "hidden layer sizes"),
+        (dict(hidden_sizes=()), "hidden_sizes: sigmoid mlp needs 1 to 8 layers, not 0"),
+        (dict(hidden_sizes=(0,)), r"hidden_sizes: each in \[1, 8192\], not 0"),
+        (dict(hidden_sizes=(8193,)), r"hidden_sizes: each in \[1, 8192\], not 8193"),
+        (dict(seed=2**31), r"seed must be in \[0, 2147483647\]"),
+        (dict(hidden_dropout=0.96), r"hidden_dropout must be in \[0, 0.95\]"),
     ],
 )
 def test_invalid_values_are_named(changes, message):
@@ -36,9 +39,11 @@ def test_invalid_values_are_named(changes, message):
 
 
 def test_convnet_shape_rules():
-    with pytest.raises(ConfigError, match="1 to 4 conv layers"):
+    with pytest.raises(ConfigError, match="conv_filters: convnet needs 1 to 4 layers, not 0"):
         Config.for_model("convnet", conv_filters=())
-    with pytest.raises(ConfigError, match="exactly one fully connected"):
+    with pytest.raises(ConfigError, match="conv_filters: convnet needs 1 to 4 layers, not 5"):
+        Config.for_model("convnet", conv_filters=(8,) * 5)
+    with pytest.raises(ConfigError, match="hidden_sizes: convnet needs exactly 1 layer, not 2"):
         Config.for_model("convnet", hidden_sizes=(10, 10))
 
 
@@ -56,3 +61,44 @@ def test_json_round_trip_and_strictness():
 def test_relevant_fields():
     assert "k" in relevant_fields("knn") and "learning_rate" not in relevant_fields("knn")
     assert "conv_dropout" in relevant_fields("convnet") and "conv_dropout" not in relevant_fields("mlp")
+
+
+def test_every_field_is_a_setting_and_defaults_come_from_the_table():
+    import dataclasses
+
+    from mnistgui.core.config import NOTEBOOK_DEFAULTS, SETTINGS
+
+    assert [f.name for f in dataclasses.fields(Config)] == list(SETTINGS)
+    assert NOTEBOOK_DEFAULTS["convnet"]["conv_filters"] == (32, 64, 128)
+    for model in MODELS:
+        config = Config.for_model(model)
+        for name, setting in SETTINGS.items():
+            assert getattr(config, name) == (model if name == "model" else setting.default_for(model))
+
+
+def test_resume_applies_changeable_settings_and_names_the_fixed_ones():
+    from mnistgui.core.config import resume_config
+
+    config = Config.for_model("convnet")
+    resumed = resume_config(config, dict(learning_rate=0.0005, batch_size=64, hidden_dropout=0.3, epochs=4,
+                                         conv_filters=(32, 64, 128)))  # a fixed setting at its value is fine
+    assert (resumed.learning_rate, resumed.batch_size, resumed.hidden_dropout, resumed.epochs) == (0.0005, 64, 0.3, 4)
+    with pytest.raises(ConfigError) as caught:
+        resume_config(config, dict(learning_rate=0.1, optimizer="adam", seed=7, hidden_sizes=(100,)))
+    message = str(caught.value)
+    for named in ("--optimizer", "--seed", "--hidden"):
+        assert named in message
+    assert "--lr" not in message
+    with pytest.raises(ConfigError, match="learning_rate must be in"):
+        resume_config(config, dict(learning_rate=-1.0))
+
+
+def test_unused_reasons_follow_model_optimizer_and_init():
+    from mnistgui.core.config import SETTINGS
+
+    sgd = Config.for_model("mlp")
+    assert SETTINGS["rho"].unused_reason(sgd) == "only used by RMSprop"
+    assert SETTINGS["momentum"].unused_reason(sgd) == "only used by Momentum and Nesterov"
+    assert SETTINGS["conv_dropout"].unused_reason(sgd) == "not used by sigmoid mlp"
+    assert SETTINGS["init_std"].unused_reason(sgd.replace(init="he")) == "only used by the normal initialisation"
+    assert SETTINGS["learning_rate"].unused_reason(sgd) == ""

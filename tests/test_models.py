@@ -6,16 +6,28 @@ import pytest
 from mnistgui.core import backend
 from mnistgui.core.config import Config
 from mnistgui.core.layers import RngChain, dropout, init_weights
-from mnistgui.core.models import build_layers, convnet_sides, init_parameters, parameter_shapes
+from mnistgui.core.models import (
+    ExistingParameters, LayerFunction, build_layers, forward_flops, init_parameters, parameter_shapes,
+)
 
 MODE = backend.compile_mode("c")
 
 
 def test_convnet_sizes_follow_the_notebook():
-    assert convnet_sides(3) == [(30, 15), (13, 7), (5, 3)]
     shapes = parameter_shapes(Config.for_model("convnet"))
     assert shapes == {"w": (32, 1, 3, 3), "w2": (64, 32, 3, 3), "w3": (128, 64, 3, 3),
                       "w4": (128 * 3 * 3, 625), "w_o": (625, 10)}
+    # 28 -> 30 -> 15 -> 13 -> 7 -> 5 -> 3 -> 1 -> 1: a fourth conv layer leaves 1x1 maps.
+    deeper = parameter_shapes(Config.for_model("convnet", conv_filters=(8, 16, 16, 16), use_bias=True))
+    assert deeper["w5"] == (16, 625) and deeper["b4"] == (16,)
+    assert list(deeper) == ["w", "w2", "w3", "w4", "w5", "w_o", "b", "b2", "b3", "b4", "b5", "b_o"]
+
+
+def test_flops_are_counted_from_the_graph():
+    assert forward_flops(Config.for_model("logreg")) == 2 * 784 * 10
+    assert forward_flops(Config.for_model("dropout_mlp")) == 2 * (784 * 625 + 625 * 625 + 625 * 10)
+    convs = 30 * 30 * 32 * 1 * 9 + 13 * 13 * 64 * 32 * 9 + 5 * 5 * 128 * 64 * 9
+    assert forward_flops(Config.for_model("convnet")) == 2 * (convs + 1152 * 625 + 625 * 10)
 
 
 def test_parameter_names_follow_the_notebook():
@@ -30,7 +42,7 @@ def test_convnet_layers_and_probabilities():
     config = Config.for_model("convnet", use_bias=True)
     params = init_parameters(config)
     X = pt.matrix(dtype="float32")
-    layers = build_layers(X, params, config)
+    layers = build_layers(X, ExistingParameters(params, config.use_bias), config)
     assert list(layers) == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "hidden", "logits", "probs"]
     fn = pytensor.function([X], list(layers.values()), mode=MODE)
     outputs = dict(zip(layers, fn(np.random.default_rng(0).random((3, 784), dtype=np.float32))))
@@ -78,19 +90,66 @@ def test_dropout_is_identity_without_rng_or_probability():
     assert dropout(X, 0.5, None) is X and dropout(X, 0.0, RngChain(1)) is X
 
 
+def _numpy_forward(config, weights, images):
+    """An independent forward pass, written from the notebook with NumPy and scipy, dropout off."""
+    from scipy.signal import convolve
+
+    act = {"sigmoid": lambda x: 1 / (1 + np.exp(-x)), "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh}[config.activation]
+
+    def dense(h, w, b):
+        return h @ weights[w] + weights.get(b, 0)
+
+    h = images.reshape(len(images), -1).astype(np.float64) / 255
+    layers = {}
+    if config.model == "convnet":
+        h = h.reshape(-1, 1, 28, 28)
+        for index in range(len(config.conv_filters)):
+            suffix = "" if index == 0 else str(index + 1)
+            kernels = weights["w" + suffix]
+            mode = "full" if index == 0 else "valid"
+            maps = np.stack([
+                sum(convolve(image[c], kernels[f, c], mode=mode) for c in range(kernels.shape[1]))
+                for image in h for f in range(kernels.shape[0])
+            ]).reshape(len(h), kernels.shape[0], *((h.shape[2] + 2, h.shape[3] + 2) if index == 0 else
+                                                     (h.shape[2] - 2, h.shape[3] - 2)))
+            layers[f"conv{index + 1}"] = maps = act(maps + weights.get("b" + suffix, np.zeros(len(kernels)))[None, :, None, None])
+            rows, cols = maps.shape[2], maps.shape[3]  # ignore_border=False: pad odd sides with -inf
+            padded = np.full((*maps.shape[:2], rows + rows % 2, cols + cols % 2), -np.inf)
+            padded[:, :, :rows, :cols] = maps
+            h = padded.reshape(*maps.shape[:2], padded.shape[2] // 2, 2, padded.shape[3] // 2, 2).max(axis=(3, 5))
+            layers[f"pool{index + 1}"] = h
+        hidden = f"w{len(config.conv_filters) + 1}"
+        layers["hidden"] = h = act(dense(h.reshape(len(h), -1), hidden, "b" + hidden[1:]))
+    elif config.model != "logreg":
+        for index in range(1, len(config.hidden_sizes) + 1):
+            suffix = "_h" if index == 1 else f"_h{index}"
+            layers[f"hidden{index}"] = h = act(dense(h, "w" + suffix, "b" + suffix))
+    out = ("w", "b") if config.model == "logreg" else ("w_o", "b_o")
+    layers["logits"] = logits = dense(h, *out)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    layers["probs"] = e / e.sum(axis=1, keepdims=True)
+    return layers
+
+
 @pytest.mark.parametrize("model", ["logreg", "mlp", "dropout_mlp", "convnet"])
-def test_numpy_reference_forward_matches_the_graph(model, mnist):
-    from mnistgui.core.reference import forward
+def test_layer_function_of_a_snapshot_matches_an_independent_forward_and_the_model(model, mnist):
     from mnistgui.core.training import NeuralModel
 
-    config = Config.for_model(model, init="he", use_bias=True, seed=3)
-    network = NeuralModel(config.replace(backend="c"))
-    images = mnist.test_images[:4].reshape(4, -1)
-    compiled = network.layer_outputs(images)
-    reference = forward(config, network.weights(), images)
-    assert list(reference) == list(compiled)
-    for name in compiled:
-        np.testing.assert_allclose(reference[name], compiled[name], rtol=2e-4, atol=2e-5, err_msg=name)
+    config = Config.for_model(model, init="he", use_bias=True, seed=3, backend="c")
+    network = NeuralModel(config)
+    images = mnist.test_images[:3].reshape(3, -1)
+    weights = {name: value + np.float32(0.01) for name, value in network.weights().items()}  # biases non-zero
+    viewer = LayerFunction(config)
+    outputs = viewer(weights, images)
+    reference = _numpy_forward(config, weights, images)
+    assert list(outputs) == list(network.layers) and set(reference) == set(outputs)
+    for name in outputs:
+        assert outputs[name].dtype == np.float32
+        np.testing.assert_allclose(outputs[name], reference[name], rtol=2e-4, atol=2e-5, err_msg=name)
+    # The same function over the model's own weights gives what the model's compiled graph gives.
+    own = network.layer_outputs(images)
+    for name in own:
+        np.testing.assert_allclose(viewer(network.weights(), images)[name], own[name], rtol=1e-5, atol=1e-6)
 
 
 def test_tiles_layout_and_weight_views():

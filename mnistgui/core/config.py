@@ -1,19 +1,21 @@
-"""Run configuration: one dataclass, the notebook's values as defaults, validated in one place."""
+"""Run configuration: one table of settings, from which everything else is made.
+
+Each `Setting` is declared once, here: its name, type, range, default (per model where the notebook
+differs), label, help, which models and optimizers use it, its command-line flag, and whether it may
+change between runs of the same model (`changeable`) or is fixed by the graph and the weights.
+`Config` (the dataclass), `Config.validate`, the window's configuration panel and the command line's
+`train` options are all generated from `SETTINGS`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
-
-MODELS = ("knn", "logreg", "mlp", "dropout_mlp", "convnet")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
-ACTIVATIONS = ("sigmoid", "relu", "tanh")
-INITS = ("normal", "glorot", "he")
-DATASETS = ("mnist", "fashion")
-BACKENDS = ("auto", "numba", "c")
 
 MODEL_TITLES = {
     "knn": "Nearest neighbours",
@@ -22,49 +24,186 @@ MODEL_TITLES = {
     "dropout_mlp": "Dropout ReLU MLP",
     "convnet": "Convnet",
 }
+MODELS = tuple(MODEL_TITLES)
+TRAINED_MODELS = frozenset(MODELS) - {"knn"}
+OPTIMIZER_TITLES = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "rmsprop": "RMSprop", "adam": "Adam"}
+OPTIMIZERS = tuple(OPTIMIZER_TITLES)
+ACTIVATION_TITLES = {"sigmoid": "sigmoid", "relu": "ReLU", "tanh": "tanh"}
+ACTIVATIONS = tuple(ACTIVATION_TITLES)
+INIT_TITLES = {"normal": "normal N(0, std²)", "glorot": "Glorot uniform", "he": "He normal"}
+INITS = tuple(INIT_TITLES)
+DATASET_TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
+DATASETS = tuple(DATASET_TITLES)
+BACKEND_TITLES = {
+    "auto": "auto (c with a C++ compiler, else numba)",
+    "c": "c: compiled C (CVM) + NumPy's BLAS",
+    "numba": "numba: LLVM, no compiler needed",
+    "jax": "jax: XLA, CPU or GPU",
+}
+BACKENDS = tuple(BACKEND_TITLES)
+
+GROUPS = ("Data", "Model", "Optimizer", "Run")
 
 
-@dataclass
-class Config:
-    """Everything that defines a run. `Config.for_model(name)` gives the notebook's settings."""
+@dataclass(frozen=True)
+class Setting:
+    """One configuration field, with everything the core, the window and the command line need."""
 
-    model: str = "logreg"
-    dataset: str = "mnist"
-    # Architecture.
-    hidden_sizes: tuple[int, ...] = ()  # fully connected hidden layers (mlp, dropout_mlp, convnet)
-    conv_filters: tuple[int, ...] = ()  # convnet: filters per 3x3 conv layer, first 'full', then 'valid'
-    activation: str = "sigmoid"
-    input_dropout: float = 0.0  # dropout_mlp: on the pixels
-    conv_dropout: float = 0.0  # convnet: after each pooling layer
-    hidden_dropout: float = 0.0  # on each fully connected hidden layer
-    use_bias: bool = False  # the notebook has no biases
-    init: str = "normal"
-    init_std: float = 0.01  # for init == "normal": N(0, init_std^2), as in the notebook
-    k: int = 1  # knn only
-    # Optimisation.
-    optimizer: str = "sgd"
-    learning_rate: float = 0.05
-    momentum: float = 0.9  # momentum and nesterov
-    rho: float = 0.9  # rmsprop decay
-    epsilon: float = 1e-6  # rmsprop and adam
-    beta1: float = 0.9  # adam
-    beta2: float = 0.999  # adam
-    batch_size: int = 128
-    epochs: int = 1
-    seed: int = 42
-    shuffle: bool = False  # the notebook walks the training set in file order
-    train_size: int = 0  # 0 means all; else the first N examples
-    test_size: int = 0
-    backend: str = "auto"
+    name: str
+    kind: str  # "int", "float", "bool", "choice" or "ints" (a comma-separated list of positive integers)
+    default: Any
+    label: str
+    help: str
+    group: str
+    flag: str | None = None  # the command-line option; None: not an option of `train`
+    aliases: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the range excludes `low`
+    choices: dict[str, str] | None = None  # value -> title
+    models: frozenset[str] = frozenset(MODELS)  # the models that use it
+    optimizers: frozenset[str] | None = None  # None: whatever the optimizer
+    active_when: Callable[[Any], str] | None = None  # given the Config, a reason it is unused, or ""
+    per_model: dict[str, Any] = dataclasses.field(default_factory=dict)  # the notebook's other defaults
+    lengths: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)  # "ints": (min, max) items per model
+    changeable: bool = False  # may change when a trained model resumes; else fixed by graph and weights
+    special_zero: str | None = None  # the window shows 0 as this text ("all")
+    step: float = 1
+    decimals: int = 0
+
+    def default_for(self, model: str):
+        return self.per_model.get(model, self.default)
+
+    def unused_reason(self, config) -> str:
+        """Why `config` ignores this setting ("" when it is used): the window greys it out with this."""
+        if config.model not in self.models:
+            return f"not used by {MODEL_TITLES[config.model].lower()}"
+        if self.optimizers is not None and config.optimizer not in self.optimizers:
+            return "only used by " + " and ".join(OPTIMIZER_TITLES[o] for o in OPTIMIZERS if o in self.optimizers)
+        return self.active_when(config) if self.active_when else ""
+
+    def describe_range(self) -> str:
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind in ("int", "float"):
+            left = "(" if self.low_open else "["
+            return f"{left}{_number(self.low)}, {_number(self.high)}]"
+        if self.kind == "ints":
+            return f"each in [{_number(self.low)}, {_number(self.high)}]"
+        return ""
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _only_for_normal_init(config) -> str:
+    return "" if config.init == "normal" else "only used by the normal initialisation"
+
+
+_TRAINED = TRAINED_MODELS
+_WITH_HIDDEN = frozenset({"mlp", "dropout_mlp", "convnet"})
+
+SETTINGS_LIST = [
+    # --- data ---
+    Setting("dataset", "choice", "mnist", "Dataset", "the data set to train and test on", "Data",
+            flag="--dataset", choices=DATASET_TITLES),
+    Setting("train_size", "int", 0, "Training images", "train on the first N training images (0: all)", "Data",
+            flag="--train-size", low=0, high=60000, step=1000, special_zero="all", changeable=True),
+    Setting("test_size", "int", 0, "Test images", "test on the first N test images (0: all)", "Data",
+            flag="--test-size", low=0, high=10000, step=1000, special_zero="all", changeable=True),
+    # --- model ---
+    Setting("model", "choice", "logreg", "Model", "which of the notebook's models", "Model",
+            flag="--model", choices=MODEL_TITLES),
+    Setting("k", "int", 1, "Neighbours (k)", "neighbours that vote, for knn", "Model",
+            flag="-k", low=1, high=1000, models=frozenset({"knn"})),
+    Setting("conv_filters", "ints", (), "Conv filters", "filters of each 3x3 conv layer, first 'full', then 'valid'",
+            "Model", flag="--filters", low=1, high=1024, models=frozenset({"convnet"}),
+            per_model={"convnet": (32, 64, 128)}, lengths={"convnet": (1, 4)}),
+    Setting("hidden_sizes", "ints", (), "Hidden units", "units of each fully connected hidden layer", "Model",
+            flag="--hidden", low=1, high=8192, models=_WITH_HIDDEN,
+            per_model={"mlp": (625,), "dropout_mlp": (625, 625), "convnet": (625,)},
+            lengths={"mlp": (1, 8), "dropout_mlp": (1, 8), "convnet": (1, 1)}),
+    Setting("activation", "choice", "sigmoid", "Activation", "the hidden layers' nonlinearity", "Model",
+            flag="--activation", choices=ACTIVATION_TITLES, models=_WITH_HIDDEN,
+            per_model={"dropout_mlp": "relu", "convnet": "relu"}),
+    Setting("input_dropout", "float", 0.0, "Input dropout", "probability of dropping each input pixel", "Model",
+            flag="--input-dropout", low=0.0, high=0.95, step=0.05, decimals=2, models=frozenset({"dropout_mlp"}),
+            per_model={"dropout_mlp": 0.2}, changeable=True),
+    Setting("conv_dropout", "float", 0.0, "Conv dropout", "probability of dropping each unit after a pooling layer",
+            "Model", flag="--conv-dropout", low=0.0, high=0.95, step=0.05, decimals=2, models=frozenset({"convnet"}),
+            per_model={"convnet": 0.2}, changeable=True),
+    Setting("hidden_dropout", "float", 0.0, "Hidden dropout", "probability of dropping each hidden unit", "Model",
+            flag="--hidden-dropout", low=0.0, high=0.95, step=0.05, decimals=2, models=_WITH_HIDDEN,
+            per_model={"dropout_mlp": 0.5, "convnet": 0.5}, changeable=True),
+    Setting("use_bias", "bool", False, "Biases", "add a bias to every layer (the notebook has none)", "Model",
+            flag="--bias", models=_TRAINED),
+    Setting("init", "choice", "normal", "Initialisation", "how the weights are drawn", "Model",
+            flag="--init", choices=INIT_TITLES, models=_TRAINED),
+    Setting("init_std", "float", 0.01, "Init std", "standard deviation of the normal initialisation", "Model",
+            flag="--init-std", low=0.0, high=10.0, low_open=True, step=0.005, decimals=4, models=_TRAINED,
+            active_when=_only_for_normal_init),
+    # --- optimizer ---
+    Setting("optimizer", "choice", "sgd", "Optimizer", "the update rule", "Optimizer",
+            flag="--optimizer", choices=OPTIMIZER_TITLES, models=_TRAINED,
+            per_model={"dropout_mlp": "rmsprop", "convnet": "rmsprop"}),
+    Setting("learning_rate", "float", 0.05, "Learning rate", "step size", "Optimizer",
+            flag="--lr", aliases=("--learning-rate",), low=0.0, high=100.0, low_open=True, step=0.001, decimals=5,
+            models=_TRAINED, per_model={"dropout_mlp": 0.001, "convnet": 0.001}, changeable=True),
+    Setting("momentum", "float", 0.9, "Momentum", "velocity decay of momentum and Nesterov", "Optimizer",
+            flag="--momentum", low=0.0, high=0.9999, step=0.05, decimals=4, models=_TRAINED,
+            optimizers=frozenset({"momentum", "nesterov"}), changeable=True),
+    Setting("rho", "float", 0.9, "RMSprop rho", "decay of RMSprop's running mean of g²", "Optimizer",
+            flag="--rho", low=0.0, high=0.9999, step=0.05, decimals=4, models=_TRAINED,
+            optimizers=frozenset({"rmsprop"}), changeable=True),
+    Setting("epsilon", "float", 1e-6, "Epsilon", "added to the denominator of RMSprop and Adam", "Optimizer",
+            flag="--epsilon", low=0.0, high=1.0, low_open=True, step=1e-6, decimals=8, models=_TRAINED,
+            optimizers=frozenset({"rmsprop", "adam"}), changeable=True),
+    Setting("beta1", "float", 0.9, "Adam beta1", "decay of Adam's first moment", "Optimizer",
+            flag="--beta1", low=0.0, high=0.9999, step=0.01, decimals=4, models=_TRAINED,
+            optimizers=frozenset({"adam"}), changeable=True),
+    Setting("beta2", "float", 0.999, "Adam beta2", "decay of Adam's second moment", "Optimizer",
+            flag="--beta2", low=0.0, high=0.99999, step=0.001, decimals=5, models=_TRAINED,
+            optimizers=frozenset({"adam"}), changeable=True),
+    # --- run ---
+    Setting("batch_size", "int", 128, "Batch size", "images per update", "Run",
+            flag="--batch-size", low=1, high=60000, step=32, models=_TRAINED, changeable=True),
+    Setting("epochs", "int", 1, "Epochs", "epochs to train (with --resume: more epochs)", "Run",
+            flag="--epochs", low=1, high=10000, models=_TRAINED, changeable=True),
+    Setting("seed", "int", 42, "Seed", "seeds the initial weights, the dropout draws and the shuffling", "Run",
+            flag="--seed", low=0, high=2**31 - 1),
+    Setting("shuffle", "bool", False, "Shuffle each epoch", "shuffle the training set each epoch "
+            "(the notebook walks it in file order)", "Run", flag="--shuffle", models=_TRAINED, changeable=True),
+    Setting("backend", "choice", "auto", "Backend", "how PyTensor compiles the graph", "Run",
+            flag="--backend", aliases=("--mode",), choices=BACKEND_TITLES, models=_TRAINED, changeable=True),
+]
+SETTINGS: dict[str, Setting] = {s.name: s for s in SETTINGS_LIST}
+assert all(s.group in GROUPS for s in SETTINGS_LIST)
+
+_PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "choice": str, "ints": tuple}
+
+_ConfigFields = dataclasses.make_dataclass(
+    "_ConfigFields", [(s.name, _PYTHON_TYPES[s.kind], dataclasses.field(default=s.default)) for s in SETTINGS_LIST]
+)
+
+
+class Config(_ConfigFields):
+    """Everything that defines a run, one field per entry of `SETTINGS`.
+
+    `Config.for_model(name)` gives the notebook's settings of that model.
+    """
 
     @classmethod
     def for_model(cls, model: str, **overrides) -> Config:
-        """The notebook's configuration of `model`, with `overrides` applied."""
+        """The notebook's configuration of `model`, with `overrides` applied and validated."""
         if model not in MODELS:
             raise ConfigError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-        base = dict(NOTEBOOK_DEFAULTS[model])
-        base.update(overrides)
-        config = cls(model=model, **base)
+        unknown = sorted(set(overrides) - set(SETTINGS))
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+        values = {s.name: s.default_for(model) for s in SETTINGS_LIST}
+        values.update(overrides, model=model)
+        config = cls(**values)
         config.validate()
         return config
 
@@ -74,59 +213,15 @@ class Config:
     @property
     def is_trainable(self) -> bool:
         """False for kNN, which has no epochs and no gradient."""
-        return self.model != "knn"
+        return self.model in TRAINED_MODELS
+
+    def used(self, name: str) -> bool:
+        return not SETTINGS[name].unused_reason(self)
 
     def validate(self) -> None:
-        def choice(name, options):
-            value = getattr(self, name)
-            if value not in options:
-                raise ConfigError(f"{name} must be one of {', '.join(options)}, not {value!r}")
-
-        def bounded(name, low, high, low_open=False):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{name} must be a number, not {value!r}")
-            too_low = value <= low if low_open else value < low
-            if too_low or value > high:
-                left = "(" if low_open else "["
-                raise ConfigError(f"{name} must be in {left}{low}, {high}], not {value}")
-
-        choice("model", MODELS)
-        choice("dataset", DATASETS)
-        choice("activation", ACTIVATIONS)
-        choice("init", INITS)
-        choice("optimizer", OPTIMIZERS)
-        choice("backend", BACKENDS)
-        for name in ("input_dropout", "conv_dropout", "hidden_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), not {value}")
-        bounded("init_std", 0.0, 10.0, low_open=True)
-        bounded("learning_rate", 0.0, 100.0, low_open=True)
-        bounded("momentum", 0.0, 0.9999)
-        bounded("rho", 0.0, 0.9999)
-        bounded("epsilon", 0.0, 1.0, low_open=True)
-        bounded("beta1", 0.0, 0.9999)
-        bounded("beta2", 0.0, 0.99999)
-        bounded("k", 1, 1000)
-        bounded("batch_size", 1, 60000)
-        bounded("epochs", 1, 10000)
-        bounded("seed", 0, 2**32 - 1)
-        bounded("train_size", 0, 10**7)
-        bounded("test_size", 0, 10**7)
-        for size in self.hidden_sizes:
-            if not 1 <= size <= 8192:
-                raise ConfigError(f"hidden layer sizes must be in [1, 8192], not {size}")
-        for count in self.conv_filters:
-            if not 1 <= count <= 1024:
-                raise ConfigError(f"conv filter counts must be in [1, 1024], not {count}")
-        if self.model in ("mlp", "dropout_mlp") and not self.hidden_sizes:
-            raise ConfigError(f"{self.model} needs at least one hidden layer")
-        if self.model == "convnet":
-            if not 1 <= len(self.conv_filters) <= 4:
-                raise ConfigError("the convnet needs 1 to 4 conv layers")
-            if len(self.hidden_sizes) != 1:
-                raise ConfigError("the convnet has exactly one fully connected hidden layer")
+        """Raise ConfigError naming the first setting that is out of its range or does not fit the model."""
+        for setting in SETTINGS_LIST:
+            _check(setting, getattr(self, setting.name), self.model)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -140,62 +235,83 @@ class Config:
             raise ConfigError(f"configuration is not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError("configuration is not a JSON object")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(known))
+        unknown = sorted(set(raw) - set(SETTINGS))
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-        for name in ("hidden_sizes", "conv_filters"):
-            if name in raw:
-                if not isinstance(raw[name], list):
+        for name, value in raw.items():
+            if SETTINGS[name].kind == "ints":
+                if not isinstance(value, list):
                     raise ConfigError(f"{name} must be a list")
-                raw[name] = tuple(raw[name])
-        try:
-            config = cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"configuration does not fit ({exc})") from None
+                raw[name] = tuple(value)
+        config = cls(**raw)
         config.validate()
         return config
 
 
-# The notebook's settings, cell by cell.
+def _check(setting: Setting, value, model: str) -> None:
+    name = setting.name
+    if setting.kind == "choice":
+        if value not in setting.choices:
+            raise ConfigError(f"{name} must be one of {', '.join(setting.choices)}, not {value!r}")
+    elif setting.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+    elif setting.kind == "ints":
+        if not isinstance(value, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name} must be a list of integers, not {value!r}")
+        for item in value:
+            if not setting.low <= item <= setting.high:
+                raise ConfigError(f"{name}: {setting.describe_range()}, not {item}")
+        if model in setting.lengths:
+            least, most = setting.lengths[model]
+            if not least <= len(value) <= most:
+                count = f"exactly {least}" if least == most else f"{least} to {most}"
+                raise ConfigError(f"{name}: {MODEL_TITLES[model].lower()} needs {count} layer"
+                                  f"{'' if most == 1 else 's'}, not {len(value)}")
+    else:
+        numeric = (int,) if setting.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            raise ConfigError(f"{name} must be {'an integer' if setting.kind == 'int' else 'a number'}, not {value!r}")
+        too_low = value <= setting.low if setting.low_open else value < setting.low
+        if too_low or value > setting.high:
+            raise ConfigError(f"{name} must be in {setting.describe_range()}, not {value}")
+
+
+# The notebook's settings, cell by cell, as the table declares them.
 NOTEBOOK_DEFAULTS: dict[str, dict] = {
-    "knn": dict(k=1, epochs=1),
-    "logreg": dict(optimizer="sgd", learning_rate=0.05),
-    "mlp": dict(hidden_sizes=(625,), activation="sigmoid", optimizer="sgd", learning_rate=0.05),
-    "dropout_mlp": dict(
-        hidden_sizes=(625, 625),
-        activation="relu",
-        input_dropout=0.2,
-        hidden_dropout=0.5,
-        optimizer="rmsprop",
-        learning_rate=0.001,
-    ),
-    "convnet": dict(
-        conv_filters=(32, 64, 128),
-        hidden_sizes=(625,),
-        activation="relu",
-        conv_dropout=0.2,
-        hidden_dropout=0.5,
-        optimizer="rmsprop",
-        learning_rate=0.001,
-    ),
+    model: {s.name: s.per_model[model] for s in SETTINGS_LIST if model in s.per_model} for model in MODELS
 }
 
 
-# Which fields matter for which model: the GUI greys out the rest, `info` hides them.
 def relevant_fields(model: str) -> set[str]:
-    common = {"model", "dataset", "train_size", "test_size", "seed"}
-    if model == "knn":
-        return common | {"k"}
-    trained = common | {
-        "use_bias", "init", "init_std", "optimizer", "learning_rate", "momentum", "rho",
-        "epsilon", "beta1", "beta2", "batch_size", "epochs", "shuffle", "backend",
-    }
-    if model == "logreg":
-        return trained
-    if model == "mlp":
-        return trained | {"hidden_sizes", "activation", "hidden_dropout"}
-    if model == "dropout_mlp":
-        return trained | {"hidden_sizes", "activation", "input_dropout", "hidden_dropout"}
-    return trained | {"hidden_sizes", "conv_filters", "activation", "conv_dropout", "hidden_dropout"}
+    """The settings `model` uses, whatever the optimizer: `info` shows these."""
+    return {s.name for s in SETTINGS_LIST if model in s.models}
 
+
+def resume_config(config: Config, changes: dict) -> Config:
+    """The configuration for more training of a model made with `config`.
+
+    Settings that may change between runs (learning rate, batch size, dropout, epochs, ...) apply;
+    asking to change one that the graph or the weights fix (the architecture, the optimizer, the
+    seed, ...) is refused, naming each. Giving a fixed setting its current value is fine.
+    """
+    unknown = sorted(set(changes) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    refused = [name for name, value in changes.items()
+               if not SETTINGS[name].changeable and value != getattr(config, name)]
+    if refused:
+        described = ", ".join(f"{SETTINGS[n].flag or n} ({n})" for n in refused)
+        raise ConfigError(
+            f"cannot change {described} when resuming: fixed by the trained model's graph and weights; "
+            "start a new run to change it"
+        )
+    resumed = config.replace(**changes)
+    resumed.validate()
+    return resumed
+
+
+def config_changes(old: Config, new: Config) -> dict[str, list]:
+    """{name: [old, new]} for each setting that differs, 'epochs' left out (it is how long, not how)."""
+    return {s.name: [getattr(old, s.name), getattr(new, s.name)] for s in SETTINGS_LIST
+            if s.name != "epochs" and getattr(old, s.name) != getattr(new, s.name)}

@@ -1,8 +1,11 @@
-"""Optimizers as plain functions returning (shared, new value) update pairs, as in Theano-Tutorials.
+"""Optimizers as plain functions returning update pairs, as in Theano-Tutorials and Lasagne.
 
-Each takes the gradients, the parameters (name -> shared) and the configuration, and returns the
-updates plus its own state variables by name (so a model file can store and restore them).
-Every constant is float32 so the updates keep the parameters' dtype.
+Each takes the gradients, the parameters (name -> shared) and its hyperparameters as keyword
+arguments, `rmsprop(grads, params, learning_rate, rho, epsilon)` as Lasagne's, and returns the
+(shared, new value) updates plus its own state variables by name (so a model file can store and
+restore them). `learning_rate` may be a number or a float32 shared scalar: `make_updates` passes a
+shared one, so a schedule or a resumed run changes it without recompiling. Every constant is
+float32 so the updates keep the parameters' dtype.
 """
 
 from __future__ import annotations
@@ -13,25 +16,24 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from .config import Config
+from .config import SETTINGS, Config
 
 
-def _f32(value: float):
-    return np.float32(value)
+def _f32(value):
+    return value if isinstance(value, pt.Variable) else np.float32(value)
 
 
 def _state_like(param, name: str):
     return pytensor.shared(np.zeros_like(param.get_value()), name=name)
 
 
-def sgd(grads, params, config: Config):
-    lr = _f32(config.learning_rate)
-    updates = [(p, p - lr * g) for p, g in zip(params.values(), grads)]
-    return updates, OrderedDict()
+def sgd(grads, params, learning_rate):
+    lr = _f32(learning_rate)
+    return [(p, p - lr * g) for p, g in zip(params.values(), grads)], OrderedDict()
 
 
-def momentum(grads, params, config: Config, nesterov: bool = False):
-    lr, mu = _f32(config.learning_rate), _f32(config.momentum)
+def _velocity_updates(grads, params, learning_rate, mu, nesterov):
+    lr, mu = _f32(learning_rate), _f32(mu)
     updates, state = [], OrderedDict()
     for (name, p), g in zip(params.items(), grads):
         velocity = _state_like(p, f"{name}.velocity")
@@ -42,13 +44,17 @@ def momentum(grads, params, config: Config, nesterov: bool = False):
     return updates, state
 
 
-def nesterov(grads, params, config: Config):
-    return momentum(grads, params, config, nesterov=True)
+def momentum(grads, params, learning_rate, momentum=0.9):
+    return _velocity_updates(grads, params, learning_rate, momentum, nesterov=False)
 
 
-def rmsprop(grads, params, config: Config):
+def nesterov(grads, params, learning_rate, momentum=0.9):
+    return _velocity_updates(grads, params, learning_rate, momentum, nesterov=True)
+
+
+def rmsprop(grads, params, learning_rate=0.001, rho=0.9, epsilon=1e-6):
     """E[g^2] = rho E[g^2] + (1 - rho) g^2;  p -= lr g / sqrt(E[g^2] + eps), the notebook's formula."""
-    lr, rho, eps = _f32(config.learning_rate), _f32(config.rho), _f32(config.epsilon)
+    lr, rho, eps = _f32(learning_rate), _f32(rho), _f32(epsilon)
     updates, state = [], OrderedDict()
     for (name, p), g in zip(params.items(), grads):
         acc = _state_like(p, f"{name}.acc")
@@ -58,9 +64,9 @@ def rmsprop(grads, params, config: Config):
     return updates, state
 
 
-def adam(grads, params, config: Config):
-    lr, b1, b2, eps = (_f32(v) for v in (config.learning_rate, config.beta1, config.beta2, config.epsilon))
-    step = pytensor.shared(_f32(0), name="adam.t")
+def adam(grads, params, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    lr, b1, b2, eps = (_f32(v) for v in (learning_rate, beta1, beta2, epsilon))
+    step = pytensor.shared(np.float32(0), name="adam.t")
     t = step + _f32(1)
     scale = lr * pt.sqrt(_f32(1) - b2**t) / (_f32(1) - b1**t)
     updates, state = [(step, t)], OrderedDict({"adam.t": step})
@@ -77,6 +83,14 @@ def adam(grads, params, config: Config):
 OPTIMIZERS = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov, "rmsprop": rmsprop, "adam": adam}
 
 
-def make_updates(cost, params, config: Config):
+def hyperparameters(config: Config) -> dict:
+    """The keyword arguments the configured optimizer takes, learning rate aside, from the settings table."""
+    return {name: getattr(config, name) for name, s in SETTINGS.items()
+            if s.optimizers is not None and config.optimizer in s.optimizers}
+
+
+def make_updates(cost, params, config: Config, learning_rate=None):
+    """The configured optimizer's updates for `cost`; `learning_rate` defaults to config.learning_rate."""
     grads = pytensor.grad(cost, list(params.values()))
-    return OPTIMIZERS[config.optimizer](grads, params, config)
+    lr = config.learning_rate if learning_rate is None else learning_rate
+    return OPTIMIZERS[config.optimizer](grads, params, learning_rate=lr, **hyperparameters(config))

@@ -20,12 +20,12 @@ import pytensor
 import pytensor.tensor as pt
 
 from . import backend
-from .config import Config
+from .config import Config, config_changes
 from .data import Dataset
 from .errors import TrainingDiverged
 from .knn import iter_nearest, nearest_neighbours, vote
 from .layers import RngChain, cross_entropy
-from .models import N_CLASSES, build_layers, init_parameters
+from .models import N_CLASSES, ExistingParameters, build_layers, init_parameters
 from .optimizers import make_updates
 
 EVAL_CHUNK = 256  # images per prediction call: small enough to stay in cache (convnet: 2.0 s for 10k, 2.5 s at 1000)
@@ -150,24 +150,45 @@ class NeuralModel:
             raise ValueError("use KnnModel for knn")
         self.config = config
         self.history: list[EpochResult] = []
-        self.params = init_parameters(config)
+        # Each resume that changed settings: {"after_epoch": n, "changes": {name: [old, new]}}.
+        self.config_changes: list[dict] = []
         dropout_used = config.input_dropout or config.hidden_dropout or config.conv_dropout
         self.rng = RngChain(config.seed + 1) if dropout_used else None
+        # A shared scalar, so that a schedule or a resumed run changes it without recompiling.
+        self.learning_rate = pytensor.shared(np.float32(config.learning_rate), name="learning_rate")
 
         # Pixels arrive as uint8 and are scaled inside the graph: a quarter of the memory traffic.
         self.images = pt.matrix("images", dtype="uint8")
         self.labels = pt.ivector("labels")
         pixels = pt.cast(self.images, "float32") * np.float32(1.0 / 255.0)
-        noisy = build_layers(pixels, self.params, config, self.rng)
-        self.layers = build_layers(pixels, self.params, config, None)
+        # The training and prediction graphs are twins over the same shared weights: dropout on, off.
+        self.params = init_parameters(config)
+        noisy = build_layers(pixels, ExistingParameters(self.params, config.use_bias), config, self.rng)
+        self.layers = build_layers(pixels, ExistingParameters(self.params, config.use_bias), config, None)
         self.cost = cross_entropy(noisy["logits"], self.labels)
-        updates, self.optimizer_state = make_updates(self.cost, self.params, config)
+        updates, self.optimizer_state = make_updates(self.cost, self.params, config, self.learning_rate)
         if self.rng is not None and self.rng.used:
             updates.append(self.rng.update)
         self.updates = updates
         self._predict = None
         self._layer_fn = None
         self.backend = backend.resolve_backend(config.backend)
+
+    def reconfigured(self, config: Config) -> NeuralModel:
+        """This model, its weights, optimizer state, dropout stream and history, under `config`.
+
+        `config` comes from `resume_config`, which allows only the settings that may change between
+        runs; the graph is rebuilt, since dropout rates and optimizer constants are part of it.
+        """
+        changes = config_changes(self.config, config)
+        if not changes:
+            self.config = config
+            return self
+        model = NeuralModel(config)
+        model.set_state(self.get_state())
+        model.history = list(self.history)
+        model.config_changes = [*self.config_changes, {"after_epoch": self.epochs_done, "changes": changes}]
+        return model
 
     @property
     def epochs_done(self) -> int:

@@ -1,6 +1,8 @@
-"""The configuration panel: dataset, model, its hyperparameters, optimizer and run settings.
+"""The configuration panel, generated from the core's table of settings (core/config.py).
 
-Ranges are enforced by the widgets, so an out-of-range value cannot be entered. Fields the chosen
+Each setting becomes a labelled widget in its group, with the table's range, step, help as tooltip,
+and the notebook's default for the chosen model. Out-of-range numbers cannot be entered; a layer
+list that does not fit the model is named in red and `is_valid()` turns false. Fields the chosen
 model or optimizer does not use are disabled, with a tooltip that says why.
 """
 
@@ -8,62 +10,41 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from ..core.backend import BACKEND_TITLES
-from ..core.config import ACTIVATIONS, INITS, MODEL_TITLES, MODELS, OPTIMIZERS, Config, relevant_fields
-from ..core.data import DATASET_TITLES
+from ..core.config import GROUPS, SETTINGS, SETTINGS_LIST, Config
 from ..core.errors import ConfigError
 
-OPTIMIZER_TITLES = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "rmsprop": "RMSprop",
-                    "adam": "Adam"}
-OPTIMIZER_FIELDS = {
-    "momentum": {"momentum", "nesterov"},
-    "rho": {"rmsprop"},
-    "epsilon": {"rmsprop", "adam"},
-    "beta1": {"adam"},
-    "beta2": {"adam"},
-}
 # Kept when the model changes; every other field takes the new model's notebook default.
 RUN_FIELDS = ("dataset", "epochs", "seed", "train_size", "test_size", "backend", "shuffle", "batch_size")
 
-# (field, label, kind, options) in display order, grouped.
-GROUPS = [
-    ("Data", [
-        ("dataset", "Dataset", "choice", DATASET_TITLES),
-        ("train_size", "Training images", "int", (0, 60000, 1000, "all")),
-        ("test_size", "Test images", "int", (0, 10000, 1000, "all")),
-    ]),
-    ("Model", [
-        ("model", "Model", "choice", MODEL_TITLES),
-        ("k", "Neighbours (k)", "int", (1, 100, 1, None)),
-        ("conv_filters", "Conv filters", "ints", "32,64,128"),
-        ("hidden_sizes", "Hidden units", "ints", "625,625"),
-        ("activation", "Activation", "choice", {a: a for a in ACTIVATIONS}),
-        ("input_dropout", "Input dropout", "float", (0.0, 0.95, 0.05, 2)),
-        ("conv_dropout", "Conv dropout", "float", (0.0, 0.95, 0.05, 2)),
-        ("hidden_dropout", "Hidden dropout", "float", (0.0, 0.95, 0.05, 2)),
-        ("use_bias", "Biases", "bool", None),
-        ("init", "Initialisation", "choice", {"normal": "normal", "glorot": "Glorot", "he": "He"}),
-        ("init_std", "Init std", "float", (0.0001, 10.0, 0.005, 4)),
-    ]),
-    ("Optimizer", [
-        ("optimizer", "Optimizer", "choice", OPTIMIZER_TITLES),
-        ("learning_rate", "Learning rate", "float", (0.00001, 100.0, 0.001, 5)),
-        ("momentum", "Momentum", "float", (0.0, 0.9999, 0.05, 4)),
-        ("rho", "RMSprop rho", "float", (0.0, 0.9999, 0.05, 4)),
-        ("epsilon", "Epsilon", "float", (0.00000001, 1.0, 0.000001, 8)),
-        ("beta1", "Adam beta1", "float", (0.0, 0.9999, 0.01, 4)),
-        ("beta2", "Adam beta2", "float", (0.0, 0.99999, 0.001, 5)),
-    ]),
-    ("Run", [
-        ("batch_size", "Batch size", "int", (1, 60000, 32, None)),
-        ("epochs", "Epochs", "int", (1, 10000, 1, None)),
-        ("seed", "Seed", "int", (0, 2**31 - 1, 1, None)),
-        ("shuffle", "Shuffle each epoch", "bool", None),
-        ("backend", "Backend", "choice", {"auto": "auto", **BACKEND_TITLES}),
-    ]),
-]
-assert {name for _, rows in GROUPS for name, *_ in rows} == set(Config.__dataclass_fields__)
-assert set(MODELS) == set(MODEL_TITLES) and set(OPTIMIZERS) == set(OPTIMIZER_TITLES) and set(INITS) == {"normal", "glorot", "he"}
+
+def _make_widget(setting) -> QtWidgets.QWidget:
+    if setting.kind == "choice":
+        widget = QtWidgets.QComboBox()
+        for key, title in setting.choices.items():
+            widget.addItem(title, key)
+    elif setting.kind == "int":
+        widget = QtWidgets.QSpinBox()
+        widget.setRange(int(setting.low), int(setting.high))
+        widget.setSingleStep(int(setting.step))
+        if setting.special_zero:
+            widget.setSpecialValueText(setting.special_zero)
+    elif setting.kind == "float":
+        widget = QtWidgets.QDoubleSpinBox()
+        widget.setDecimals(setting.decimals)
+        smallest = 10.0 ** -setting.decimals
+        widget.setRange(setting.low + smallest if setting.low_open else setting.low, setting.high)
+        widget.setSingleStep(setting.step)
+    elif setting.kind == "bool":
+        widget = QtWidgets.QCheckBox()
+    else:  # a comma-separated list of positive integers
+        widget = QtWidgets.QLineEdit()
+        digits = len(str(int(setting.high)))
+        most = max((most for _, most in setting.lengths.values()), default=8)
+        pattern = rf"^[0-9]{{1,{digits}}}(,[0-9]{{1,{digits}}}){{0,{most - 1}}},?$"
+        widget.setValidator(QtGui.QRegularExpressionValidator(QtCore.QRegularExpression(pattern)))
+        widget.setPlaceholderText(",".join(str(v) for v in max(setting.per_model.values(), key=len, default=())))
+    widget.setObjectName(setting.name)
+    return widget
 
 
 class ConfigPanel(QtWidgets.QWidget):
@@ -75,15 +56,16 @@ class ConfigPanel(QtWidgets.QWidget):
         self.labels: dict[str, QtWidgets.QLabel] = {}
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        for title, rows in GROUPS:
-            box = QtWidgets.QGroupBox(title)
+        for group in GROUPS:
+            box = QtWidgets.QGroupBox(group)
             form = QtWidgets.QFormLayout(box)
             form.setFieldGrowthPolicy(QtWidgets.QFormLayout.AllNonFixedFieldsGrow)
-            for name, label, kind, options in rows:
-                widget = self._make_widget(name, kind, options)
-                self.widgets[name] = widget
-                self.labels[name] = QtWidgets.QLabel(label)
-                form.addRow(self.labels[name], widget)
+            for setting in (s for s in SETTINGS_LIST if s.group == group):
+                widget = _make_widget(setting)
+                self._connect(widget)
+                self.widgets[setting.name] = widget
+                self.labels[setting.name] = QtWidgets.QLabel(setting.label)
+                form.addRow(self.labels[setting.name], widget)
             layout.addWidget(box)
         self.reset_button = QtWidgets.QPushButton("Reset to notebook defaults")
         self.reset_button.setToolTip("The notebook's settings for the chosen model")
@@ -98,39 +80,17 @@ class ConfigPanel(QtWidgets.QWidget):
         self.widgets["model"].currentIndexChanged.connect(self._model_changed)
         self.set_config(Config.for_model("logreg"))
 
-    # --- widgets ---------------------------------------------------------------------------------
-
-    def _make_widget(self, name, kind, options):
-        if kind == "choice":
-            widget = QtWidgets.QComboBox()
-            for key, title in options.items():
-                widget.addItem(title, key)
+    def _connect(self, widget):
+        if isinstance(widget, QtWidgets.QComboBox):
             widget.currentIndexChanged.connect(self._on_change)
-        elif kind == "int":
-            low, high, step, special = options
-            widget = QtWidgets.QSpinBox()
-            widget.setRange(low, high)
-            widget.setSingleStep(step)
-            if special:
-                widget.setSpecialValueText(special)
+        elif isinstance(widget, (QtWidgets.QSpinBox, QtWidgets.QDoubleSpinBox)):
             widget.valueChanged.connect(self._on_change)
-        elif kind == "float":
-            low, high, step, decimals = options
-            widget = QtWidgets.QDoubleSpinBox()
-            widget.setDecimals(decimals)
-            widget.setRange(low, high)
-            widget.setSingleStep(step)
-            widget.valueChanged.connect(self._on_change)
-        elif kind == "bool":
-            widget = QtWidgets.QCheckBox()
+        elif isinstance(widget, QtWidgets.QCheckBox):
             widget.toggled.connect(self._on_change)
-        else:  # comma-separated positive integers
-            widget = QtWidgets.QLineEdit()
-            widget.setPlaceholderText(options)
-            widget.setValidator(QtGui.QRegularExpressionValidator(QtCore.QRegularExpression(r"^\d{1,4}(,\d{1,4}){0,7}$")))
+        else:
             widget.textChanged.connect(self._on_change)
-        widget.setObjectName(name)
-        return widget
+
+    # --- widget values ----------------------------------------------------------------------------
 
     def _get(self, name):
         widget = self.widgets[name]
@@ -140,8 +100,7 @@ class ConfigPanel(QtWidgets.QWidget):
             return widget.value()
         if isinstance(widget, QtWidgets.QCheckBox):
             return widget.isChecked()
-        text = widget.text().strip(",")
-        return tuple(int(part) for part in text.split(",") if part)
+        return tuple(int(part) for part in widget.text().split(",") if part)
 
     def _set(self, name, value):
         widget = self.widgets[name]
@@ -163,19 +122,20 @@ class ConfigPanel(QtWidgets.QWidget):
         for name in self.widgets:
             self._set(name, getattr(config, name))
         self._updating = False
-        self._refresh_enabled()
+        self._refresh()
+
+    def _values(self) -> dict:
+        values = {name: self._get(name) for name in self.widgets}
+        # Fields the model ignores keep the notebook's values, so a file stores a clean config.
+        defaults = Config.for_model(values["model"])
+        for setting in SETTINGS_LIST:
+            if values["model"] not in setting.models and setting.name not in RUN_FIELDS:
+                values[setting.name] = getattr(defaults, setting.name)
+        return values
 
     def config(self) -> Config:
         """The configuration as entered; raises ConfigError if it does not make sense."""
-        values = {name: self._get(name) for name in self.widgets}
-        model = values["model"]
-        relevant = relevant_fields(model)
-        # Fields the model ignores keep the notebook's values, so a file stores a clean config.
-        defaults = Config.for_model(model)
-        for name in values:
-            if name not in relevant and name not in RUN_FIELDS:
-                values[name] = getattr(defaults, name)
-        config = Config(**values)
+        config = Config(**self._values())
         config.validate()
         return config
 
@@ -191,34 +151,32 @@ class ConfigPanel(QtWidgets.QWidget):
     def _on_change(self, *args):
         if self._updating:
             return
-        self._refresh_enabled()
+        self._refresh()
         self.changed.emit()
 
-    def _refresh_enabled(self):
-        model = self._get("model")
-        relevant = relevant_fields(model)
-        optimizer = self._get("optimizer")
+    def _refresh(self):
+        """Grey out what the configuration does not use, and name what does not validate."""
+        shown = Config(**self._values())
         for name, widget in self.widgets.items():
-            reason = ""
-            if name not in relevant:
-                reason = f"not used by {MODEL_TITLES[model].lower()}"
-            elif name in OPTIMIZER_FIELDS and optimizer not in OPTIMIZER_FIELDS[name]:
-                users = " and ".join(OPTIMIZER_TITLES[o] for o in sorted(OPTIMIZER_FIELDS[name]))
-                reason = f"only used by {users}"
-            elif name == "init_std" and self._get("init") != "normal":
-                reason = "only used by the normal initialisation"
+            setting = SETTINGS[name]
+            reason = setting.unused_reason(shown)
             widget.setEnabled(not reason)
             self.labels[name].setEnabled(not reason)
-            widget.setToolTip(f"Disabled: {reason}" if reason else "")
+            tip = f"{setting.help[0].upper()}{setting.help[1:]}."
+            if setting.describe_range() and setting.kind != "choice":
+                tip += f" Range {setting.describe_range()}."
+            if setting.changeable:
+                tip += " May change when a run resumes."
+            widget.setToolTip(f"Disabled: {reason}" if reason else tip)
         try:
-            self.config()
+            shown.validate()
             self.error_label.setText("")
-        except (ConfigError, ValueError) as exc:
+        except ConfigError as exc:
             self.error_label.setText(str(exc))
 
     def is_valid(self) -> bool:
         try:
             self.config()
-        except (ConfigError, ValueError):
+        except ConfigError:
             return False
         return True
