@@ -12,7 +12,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.11",
+    python_requires=">=3.11,<3.15",  # as PyTensor's
     # The top-level resources/ folder installs as the package mnistgui.resources.
     packages=find_packages(include=["mnistgui", "mnistgui.*"]) + ["mnistgui.resources"],
     package_dir={"mnistgui.resources": "resources"},

@@ -1,16 +1,23 @@
 """Command line: `mnistgui` opens the window; `mnistgui train|evaluate|info|download` run headless.
 
-Every error a user can cause ends as one line on stderr and exit status 2, never a traceback.
+Every error a user can cause ends as one line on stderr and exit status 2, never a traceback; an
+unexpected error is one line and exit status 1 (`mnistgui --debug ...` shows its traceback). Output
+cut short by its reader (`mnistgui evaluate m.h5 | head`) ends quietly with status 141, as a tool
+killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import math
+import numbers
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -21,7 +28,11 @@ from .core.config import (
 from .core.errors import ConfigError, MnistguiError
 
 SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench")
+GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
+MODEL_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistgui", description="MNIST deep-learning workbench (PyTensor). "
                      "With no command, opens the window.")
     parser.add_argument("--version", action="version", version=f"mnistgui {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model headless, one line per epoch",
@@ -169,8 +181,33 @@ def _load_data(name: str, data_dir, allow_download: bool):
             raise
     target = data.default_download_dir(name)
     print(f"{data.DATASET_TITLES[name]} not found locally; downloading into {target}", file=sys.stderr)
-    data.fetch_dataset(name, target, progress=_download_progress(sys.stderr))
+    try:
+        data.fetch_dataset(name, target, progress=_download_progress(sys.stderr))
+    except data.DownloadCancelled:
+        raise
+    except data.DataError as exc:  # offline: the mirrors' errors alone would not say what to do
+        raise data.DataNotFoundError(data.not_found_message(name, download_error=str(exc))) from None
     return data.load_dataset(name, target)
+
+
+def _json_safe(value):
+    """`value` with every NaN or infinity as None (JSON has neither) and NumPy scalars as Python's."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _print_json(value) -> None:
+    # allow_nan=False: a non-finite number that slips past _json_safe fails loudly, never prints NaN.
+    print(json.dumps(_json_safe(value), allow_nan=False))
 
 
 def _fmt_error(value: float) -> str:
@@ -285,16 +322,16 @@ def cmd_evaluate(args) -> int:
     confusion = evaluation.confusion()
     per_class = evaluation.per_class_accuracy()
     if args.json:
-        print(json.dumps({
+        _print_json({
             "file": args.file,
             "model": config.model,
             "epochs": model.epochs_done,
             "dataset": dataset.name,
-            "n_test": int(len(dataset.test_labels)),
+            "n_test": len(dataset.test_labels),
             "test_error": evaluation.error,
-            "per_class_accuracy": [None if math.isnan(v) else float(v) for v in per_class],
+            "per_class_accuracy": list(per_class),
             "confusion": confusion.tolist(),
-        }))
+        })
         return 0
     names = dataset.class_names
     print(f"{MODEL_TITLES[config.model]}, {model.epochs_done} epochs, on {len(dataset.test_labels)} "
@@ -314,7 +351,7 @@ def cmd_info(args) -> int:
     header = read_header(args.file)
     config = header["config"]
     if args.json:
-        print(json.dumps({
+        _print_json({
             "file": args.file,
             "model": config.model,
             "config": json.loads(config.to_json()),
@@ -325,7 +362,7 @@ def cmd_info(args) -> int:
             "versions": header["versions"],
             "format_version": header["format_version"],
             "saved_at": header["saved_at"],
-        }, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        })
         return 0
     print(f"{args.file}: {MODEL_TITLES[config.model]} ({config.model}), {header['epochs_done']} epochs on "
           f"{header['dataset']}, saved {header['saved_at']}")
@@ -349,24 +386,77 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).splitlines()) or type(exc).__name__
+
+
+def _usage_error(message: str) -> int:
+    print(f"mnistgui: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _open_window(args: list[str]) -> int:
+    """`mnistgui [FILE.h5]`: the window, once FILE is known to be a model file; else a one-line error."""
+    if args:
+        word = args[0]
+        if not os.path.exists(word):
+            if os.sep in word or "/" in word or Path(word).suffix:
+                return _usage_error(f"{word}: no such file")
+            close = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return _usage_error(f"unknown command '{word}' ({hint}commands: {', '.join(SUBCOMMANDS)}; "
+                                f"or give a model file to open it in the window)")
+        if len(args) > 1:
+            return _usage_error(f"the window opens one model file; unexpected {' '.join(args[1:])!r} after {word}")
+        from .core.modelfile import read_header
+
+        try:
+            read_header(word)
+        except MnistguiError as exc:
+            return _usage_error(_one_line(exc))
+    from .gui.app import run_gui
+
+    return run_gui(args[0] if args else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
-        from .gui.app import run_gui
-
-        return run_gui(argv[0] if argv else None)
+    leading = 0
+    while leading < len(argv) and argv[leading] in GLOBAL_FLAGS:
+        leading += 1
+    first = argv[leading] if leading < len(argv) else None
+    if first is None or (first not in SUBCOMMANDS and not first.startswith("-")):
+        return _open_window(argv[leading:])
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return 0
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # The reader (head, less) has gone: stop quietly, and keep Python's final flush from complaining.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except MnistguiError as exc:
-        print(f"mnistgui: error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"mnistgui: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mnistgui: aborted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an environment problem nobody foresaw: one line, unless --debug
+        if args.debug:
+            traceback.print_exc()
+            print(f"mnistgui: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"mnistgui: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                  f"(mnistgui --debug {args.command} ... shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

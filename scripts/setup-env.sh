@@ -1,12 +1,19 @@
-# Sourced by the scripts: create .venv with mnistgui and its extras, and the system libraries
-# Qt's xcb plugin needs on a bare Debian/Ubuntu machine. Idempotent and quick when done before.
+# Sourced by the scripts: create a virtual environment with mnistgui and its extras, and the system
+# libraries Qt's xcb plugin needs on a bare Debian/Ubuntu machine. Idempotent and quick when done before.
+# PYTHON picks the interpreter (default python3), VENV the environment's folder (default .venv).
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+VENV="${VENV:-.venv}"
+wanted=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$wanted" ]; then
+    echo "note: $VENV was made with another Python; remaking it with Python $wanted" >&2
+    rm -rf "$VENV"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
-source .venv/bin/activate
-stamp=.venv/.mnistgui-installed
+source "$VENV/bin/activate"
+stamp="$VENV/.mnistgui-installed"
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     python -m pip install --quiet --upgrade pip
     python -m pip install --quiet -e ".[test]"

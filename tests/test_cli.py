@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import h5py
 import pytest
 
 from mnistgui import __version__
@@ -78,6 +79,107 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def _strict_json(text: str):
+    """json.loads accepts NaN and Infinity, which are not JSON; this does not."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def knn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("knn") / "knn.h5"
+    result = run("train", "--model", "knn", "--train-size", "1000", "--test-size", "100", "--save", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_json_outputs_are_strict_json_with_null_for_missing_numbers(knn_file):
+    info = run("info", str(knn_file), "--json")
+    assert info.returncode == 0, info.stderr
+    assert "NaN" not in info.stdout
+    row = _strict_json(info.stdout)["history"][0]
+    assert row["train_error"] is None and row["cost"] is None and 0 <= row["test_error"] < 0.3
+    evaluation = run("evaluate", str(knn_file), "--json", "--test-size", "100")
+    assert evaluation.returncode == 0, evaluation.stderr
+    result = _strict_json(evaluation.stdout)
+    assert result["n_test"] == 100 and sum(map(sum, result["confusion"])) == 100
+    assert all(v is None or 0 <= v <= 1 for v in result["per_class_accuracy"])
+
+
+def test_output_into_a_closed_pipe_ends_quietly(knn_file):
+    """`mnistgui evaluate --json | head` where head has gone: no BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "mnistgui", "evaluate", str(knn_file), "--json",
+                                "--test-size", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "MNISTGUI_DATA": str(MNIST_DIR)})
+    process.stdout.close()  # the reader is gone before the first byte is written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=600) == 141  # 128 + SIGPIPE, as a shell reports a tool stopped by it
+    assert stderr == ""
+
+
+INTERNAL_ERROR = """
+import sys
+from mnistgui import cli
+def broken(args):
+    raise RuntimeError("an invariant broke\\nover two lines")
+cli.cmd_info = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_unexpected_error_is_one_line_and_exit_1_and_debug_shows_the_traceback(knn_file):
+    result = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, "info", str(knn_file)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("mnistgui: internal error: RuntimeError: an invariant broke over two lines "
+                             "(mnistgui --debug info ... shows the traceback)\n")
+    debug = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, "--debug", "info", str(knn_file)],
+                           capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):") and "in broken" in debug.stderr
+    assert debug.stderr.endswith("mnistgui: internal error: RuntimeError: an invariant broke over two lines\n")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trian"], "unknown command 'trian' (did you mean 'train'? commands: train, evaluate, info, download, bench"),
+        (["reproduce", "--models", "logreg"], "unknown command 'reproduce' (commands: train,"),
+        (["evalute", "m.h5"], "unknown command 'evalute' (did you mean 'evaluate'?"),
+        (["nosuchfile.h5"], "nosuchfile.h5: no such file"),
+        (["--debug", "models/nosuchfile"], "models/nosuchfile: no such file"),
+        (["setup.py"], "setup.py: not an HDF5 model file"),
+        (["tests"], "tests: is a folder, not a model file"),
+    ],
+)
+def test_a_first_word_that_is_no_command_or_model_file_never_opens_the_window(args, message):
+    # Were the window to open, it would close itself after 100 ms and exit 0: the test would fail, not hang.
+    result = run(*args, env={"QT_QPA_PLATFORM": "offscreen", "MNISTGUI_EXIT_AFTER_MS": "100"},
+                 cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("mnistgui: error: " + message) and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_a_model_file_then_more_words_is_refused(knn_file):
+    result = run(str(knn_file), "--epochs", "3", env={"MNISTGUI_EXIT_AFTER_MS": "100"})
+    assert result.returncode == 2 and "the window opens one model file; unexpected '--epochs 3'" in result.stderr
+
+
+def test_evaluate_refuses_a_knn_store_claiming_millions_of_images(tmp_path, knn_file):
+    bomb = tmp_path / "bomb.h5"
+    bomb.write_bytes(knn_file.read_bytes())
+    with h5py.File(bomb, "r+") as f:
+        del f["knn/images"], f["knn/labels"]
+        f.create_dataset("knn/images", shape=(200_000_000, 784), dtype="u1", chunks=(4096, 784), compression="gzip")
+        f.create_dataset("knn/labels", shape=(200_000_000,), dtype="u1", chunks=(65536,), compression="gzip")
+    result = run("evaluate", str(bomb))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "stores 200000000 kNN training images; its configuration allows 1 to 1000" in result.stderr
 
 
 def test_missing_data_offline_says_where_it_looked(tmp_path):

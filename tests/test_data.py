@@ -87,6 +87,51 @@ def test_not_found_lists_every_place_and_the_way_out(isolated_home):
     assert "--data" in message and "MNISTGUI_DATA" in message
 
 
+def test_preferred_folder_is_searched_first_then_the_usual_places(tmp_path, isolated_home, monkeypatch):
+    preferred = _tiny_mnist(tmp_path / "remembered", label_shift=1)
+    _tiny_mnist(data.user_data_dir() / "mnist", label_shift=3)
+    assert data.load_dataset("mnist", preferred_dir=preferred).train_labels[0] == 1
+    monkeypatch.setenv("MNISTGUI_DATA", str(_tiny_mnist(tmp_path / "env", label_shift=2)))
+    assert data.load_dataset("mnist", preferred_dir=preferred).train_labels[0] == 1
+    # A preferred folder without the files, or gone, is a preference, not a command: the search goes on.
+    (tmp_path / "empty").mkdir()
+    assert data.load_dataset("mnist", preferred_dir=tmp_path / "empty").train_labels[0] == 2
+    assert data.load_dataset("mnist", preferred_dir=tmp_path / "gone").train_labels[0] == 2
+    found = data.find_dataset("mnist", preferred_dir=tmp_path / "empty")
+    assert found.path == tmp_path / "env" and found.why == "MNISTGUI_DATA"
+
+
+def test_the_other_dataset_is_found_beyond_a_preferred_folder(tmp_path, isolated_home):
+    """A remembered MNIST folder must not hide Fashion-MNIST found elsewhere ("Use Fashion-MNIST")."""
+    preferred = _copy_mnist(tmp_path / "remembered")  # the real MNIST: Fashion-MNIST's files have its names
+    assert data.find_dataset("fashion", preferred_dir=preferred) is None  # MNIST is not taken for Fashion
+    _tiny_mnist(data.user_data_dir() / "fashion", label_shift=4)
+    assert data.find_dataset("fashion", preferred_dir=preferred).why == "per-user data folder"
+    fashion = data.load_dataset("fashion", preferred_dir=preferred)
+    assert fashion.name == "fashion" and fashion.train_labels[0] == 4
+    assert data.load_dataset("mnist", preferred_dir=preferred).file_digests == data.MNIST_SHA256
+    with pytest.raises(DataNotFoundError, match="remembered: holds MNIST, not Fashion-MNIST"):
+        data.load_dataset("fashion", preferred)
+
+
+def test_preferred_folder_not_found_message_names_it_without_blaming_data_option(tmp_path, isolated_home):
+    (tmp_path / "remembered").mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        data.load_dataset("mnist", preferred_dir=tmp_path / "remembered")
+    message = str(info.value)
+    assert message.startswith("MNIST not found. Looked in: " + str(tmp_path / "remembered"))
+    assert ".keras/datasets/mnist.npz" in message and "given with --data" not in message
+    with pytest.raises(DataNotFoundError, match=r"gone: no such folder \(given with --data\)"):
+        data.load_dataset("mnist", tmp_path / "gone")  # the explicit folder, and only that, is the command's
+
+
+def test_preferred_keras_archive_is_read(tmp_path, isolated_home, mnist):
+    archive = tmp_path / "mine.npz"
+    np.savez(archive, x_train=mnist.train_images[:7], y_train=mnist.train_labels[:7],
+             x_test=mnist.test_images[:3], y_test=mnist.test_labels[:3])
+    assert len(data.load_dataset("mnist", preferred_dir=archive).train_images) == 7
+
+
 def test_explicit_folder_without_files_is_an_error_even_if_data_exists(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError, match="empty: no MNIST files there"):
@@ -114,6 +159,7 @@ def test_corrupt_keras_archive(isolated_home):
 class _Server:
     def __init__(self, routes):
         self.routes = routes  # path -> bytes, or ("cut", bytes) to drop the connection mid-file
+        self.requests: list[str] = []  # every path asked for, in order: proof a mirror was contacted
         handler = self._handler()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -121,13 +167,14 @@ class _Server:
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def _handler(self):
-        routes = self.routes
+        routes, requests = self.routes, self.requests
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
             def do_GET(self):
+                requests.append(self.path)
                 body = routes.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -187,12 +234,14 @@ def test_corrupt_payload_is_rejected_and_nothing_is_left(serve, tmp_path):
     with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: .*digest mismatch"):
         data.fetch_dataset("mnist", tmp_path / "dl", mirrors=[server.base + "/a/"])
     assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [FILES[0]]  # only the verified file
+    assert server.requests == [f"/a/{FILES[0]}", f"/a/{FILES[1]}"]
 
 
 def test_first_mirror_404_falls_back_to_second(serve, tmp_path):
     server = serve(_real_routes("/good"))
     target = data.fetch_dataset("mnist", tmp_path / "dl", mirrors=[server.base + "/missing/", server.base + "/good/"])
     assert len(list(target.iterdir())) == 4
+    assert server.requests == [path for name in FILES for path in (f"/missing/{name}", f"/good/{name}")]
 
 
 def test_connection_cut_mid_file_then_next_mirror(serve, tmp_path):
@@ -202,6 +251,7 @@ def test_connection_cut_mid_file_then_next_mirror(serve, tmp_path):
     server = serve(routes)
     target = data.fetch_dataset("mnist", tmp_path / "dl", mirrors=[server.base + "/cut/", server.base + "/good/"])
     assert sorted(p.name for p in target.iterdir()) == sorted(FILES)
+    assert server.requests == [path for name in FILES for path in (f"/cut/{name}", f"/good/{name}")]
 
 
 def test_every_mirror_failing_leaves_no_partial_file(serve, tmp_path):
@@ -210,6 +260,7 @@ def test_every_mirror_failing_leaves_no_partial_file(serve, tmp_path):
     with pytest.raises(DataError, match="could not download train-images"):
         data.fetch_dataset("mnist", tmp_path / "dl", mirrors=[server.base + "/cut/", server.base + "/none/"])
     assert list((tmp_path / "dl").iterdir()) == []
+    assert server.requests == [f"/cut/{FILES[0]}", f"/none/{FILES[0]}"]  # both tried, then it gave up
 
 
 def test_cancelling_from_progress_leaves_nothing(serve, tmp_path):
@@ -217,3 +268,19 @@ def test_cancelling_from_progress_leaves_nothing(serve, tmp_path):
     with pytest.raises(data.DownloadCancelled):
         data.fetch_dataset("mnist", tmp_path / "dl", progress=lambda f, d, t: False, mirrors=[server.base + "/a/"])
     assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_offline_train_says_where_it_looked_after_the_mirrors_fail(serve, isolated_home, monkeypatch, capsys):
+    """The default path (no --data, no --no-download) ends with the way out, not with mirror errors only."""
+    from mnistgui import cli
+
+    server = serve({})  # every file 404s, as an offline proxy or a dead mirror would
+    monkeypatch.setitem(data.MIRRORS, "mnist", (server.base + "/one/", server.base + "/two/"))
+    assert cli.main(["train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert server.requests == [f"/one/{FILES[0]}", f"/two/{FILES[0]}"]
+    assert err[0].startswith("MNIST not found locally; downloading into")
+    assert len(err) == 2 and err[1].startswith("mnistgui: error: MNIST not found, and downloading it failed")
+    assert "/two/: Not Found" in err[1] and "Looked in: " in err[1] and ".keras/datasets/mnist.npz" in err[1]
+    assert "--data DIR or the MNISTGUI_DATA variable" in err[1]
+    assert list((data.user_data_dir() / "mnist").iterdir()) == []

@@ -1,4 +1,6 @@
 import json
+import os
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -145,6 +147,7 @@ def test_nan_weights_are_refused(saved_mlp, tmp_path):
 
 
 def test_save_is_atomic_and_failure_keeps_the_old_file(saved_mlp, tmp_path):
+    """Failures root cannot wave through: no folder, a file where the folder should be, a folder as target."""
     trainer, path = saved_mlp
     target = tmp_path / "model.h5"
     save_model(trainer.model, target)
@@ -153,17 +156,114 @@ def test_save_is_atomic_and_failure_keeps_the_old_file(saved_mlp, tmp_path):
     try:
         with pytest.raises(ModelFileError, match="cannot write to .*no-such-folder: No such file or directory"):
             save_model(trainer.model, tmp_path / "no-such-folder" / "model.h5")
-        target.parent.chmod(0o500)
-        try:
-            with open(tmp_path / "probe", "w"):
-                writable = True
-        except PermissionError:
-            writable = False
-        if not writable:  # root ignores permission bits, so only check where they bite
-            with pytest.raises(ModelFileError, match="cannot write to"):
-                save_model(trainer.model, target)
+        (tmp_path / "blocker").write_bytes(before)
+        with pytest.raises(ModelFileError, match="cannot write to .*blocker: Not a directory"):
+            save_model(trainer.model, tmp_path / "blocker" / "model.h5")
+        taken = tmp_path / "taken.h5"  # a folder in the way: the rename fails after the whole write
+        taken.mkdir()
+        (taken / "keep").write_bytes(b"mine")
+        with pytest.raises(ModelFileError, match="cannot save .*taken.h5: Is a directory"):
+            save_model(trainer.model, taken)
+        assert [p.name for p in taken.iterdir()] == ["keep"] and (taken / "keep").read_bytes() == b"mine"
     finally:
-        target.parent.chmod(0o700)
         trainer.model.history.pop()
-    assert target.read_bytes() == before
+    assert target.read_bytes() == before and (tmp_path / "blocker").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits; "
+                    "test_save_is_atomic_and_failure_keeps_the_old_file covers unwritable destinations as root")
+def test_save_into_a_read_only_folder_keeps_the_old_file(saved_mlp, tmp_path):
+    trainer, _ = saved_mlp
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    target = folder / "model.h5"
+    save_model(trainer.model, target)
+    before = target.read_bytes()
+    trainer.model.history.append(EpochResult(2, 0.1, 0.1, 0.1, 1.0, 1.0))
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ModelFileError, match="cannot write to .*read-only: Permission denied"):
+            save_model(trainer.model, target)
+    finally:
+        folder.chmod(0o700)
+        trainer.model.history.pop()
+    assert target.read_bytes() == before and [p.name for p in folder.iterdir()] == ["model.h5"]
+
+
+# --- datasets whose metadata lies: refused from h5py's metadata, before anything is read ----------
+
+
+def _lie(path, tmp_path, key, shape, dtype="f4", **options):
+    def edit(f):
+        del f[key]
+        f.create_dataset(key, shape=shape, dtype=dtype, **options)
+
+    return _copy_with(path, tmp_path, edit)
+
+
+@pytest.mark.parametrize("key, shape, message", [
+    ("params/w_h", (784, 10**9), r"'params/w_h' has shape \(784, 1000000000\), but the configuration needs \(784, 32\)"),
+    ("optimizer/w_o.acc", (10**9, 10), r"'optimizer/w_o.acc' has shape \(1000000000, 10\), but the configuration"),
+    ("history/cost", (10**9,), "history columns disagree in length"),
+])
+def test_huge_claimed_shapes_are_refused_unread(saved_mlp, tmp_path, key, shape, message):
+    edited = _lie(saved_mlp[1], tmp_path, key, shape, chunks=(1, 10)[-len(shape):], maxshape=(None,) * len(shape),
+                  compression="gzip")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=message):
+            load_model(edited)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_history_longer_than_any_run_is_refused(saved_mlp, tmp_path):
+    def edit(f):
+        for column in list(f["history"]):
+            del f[f"history/{column}"]
+            f.create_dataset(f"history/{column}", shape=(10**8,), dtype="f8", chunks=(4096,), compression="gzip")
+        f.attrs["epochs_done"] = 10**8
+
+    with pytest.raises(ModelFileError, match="says 100000000 epochs done; a model file holds 0 to 100000"):
+        read_header(_copy_with(saved_mlp[1], tmp_path, edit))
+
+
+def test_oversized_chunks_are_refused(saved_mlp, tmp_path):
+    edited = _lie(saved_mlp[1], tmp_path, "params/w_o", (16, 10), chunks=(2**20, 64), maxshape=(None, None))
+    with pytest.raises(ModelFileError, match=r"'params/w_o' is stored in chunks of \(1048576, 64\), too large"):
+        load_model(edited)
+
+
+def test_data_from_outside_the_file_is_refused(saved_mlp, tmp_path):
+    """HDF5 can name external raw files as a dataset's storage; a model file may not read the machine's files."""
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(np.arange(160, dtype=np.float32).tobytes())
+    edited = _lie(saved_mlp[1], tmp_path, "params/w_o", (16, 10), external=[(str(outside), 0, 640)])
+    with pytest.raises(ModelFileError, match="'params/w_o' refers to data outside the model file"):
+        load_model(edited)
+
+
+def test_integer_or_text_where_numbers_belong(saved_mlp, tmp_path):
+    edited = _lie(saved_mlp[1], tmp_path, "history/epoch", (1,), dtype=h5py.string_dtype())
+    with pytest.raises(ModelFileError, match="dataset 'history/epoch' has type object, expected numbers"):
+        read_header(edited)
+
+
+def test_array_attribute_is_refused(saved_mlp, tmp_path):
+    edited = _copy_with(saved_mlp[1], tmp_path, lambda f: f.attrs.__setitem__("saved_at", ["a"] * 1000))
+    with pytest.raises(ModelFileError, match=r"attribute 'saved_at' holds an array of shape \(1000,\)"):
+        read_header(edited)
+
+
+def test_configuration_too_large_to_build_is_refused_before_building(saved_mlp, tmp_path):
+    def edit(f):
+        config = json.loads(f.attrs["config"])
+        config["hidden_sizes"] = [8192] * 10
+        f.attrs["config"] = json.dumps(config)
+
+    # 784 x 8192 + 9 x 8192 x 8192 + 8192 x 10 weights: 2.4 GB of float32 before a single value is read
+    with pytest.raises(ModelFileError, match="its configuration needs 610,484,224 parameters; mnistgui loads at most"):
+        load_model(_copy_with(saved_mlp[1], tmp_path, edit))

@@ -1,8 +1,9 @@
 """Finding, verifying and (when asked) downloading MNIST and Fashion-MNIST.
 
-Search order: an explicit folder, the MNISTGUI_DATA variable, the per-user data folder, then the
-caches other tools leave behind (Keras, torchvision) and Debian's Fashion-MNIST package. If nothing
-is found, `fetch_dataset` downloads into the per-user folder, verifying each file.
+Search order: an explicit folder (`--data`: only that folder), else a preferred folder (the one the
+window remembers: searched first, not exclusively), the MNISTGUI_DATA variable, the per-user data
+folder, then the caches other tools leave behind (Keras, torchvision) and Debian's Fashion-MNIST
+package. If nothing is found, `fetch_dataset` downloads into the per-user folder, verifying each file.
 """
 
 from __future__ import annotations
@@ -162,15 +163,23 @@ class Candidate:
     why: str  # how this place came to be searched, for the not-found message
 
 
-def candidate_places(name: str, data_dir: str | os.PathLike | None = None) -> list[Candidate]:
+def candidate_places(
+    name: str, data_dir: str | os.PathLike | None = None, preferred_dir: str | os.PathLike | None = None
+) -> list[Candidate]:
+    """Every place searched for `name`, in order: `data_dir`, `preferred_dir`, then the usual places."""
     places: list[Candidate] = []
 
     def folders(root: Path, why: str):
+        if root.suffix == ".npz":  # a Keras archive named directly
+            places.append(Candidate(root, why))
+            return
         for sub in _SUBFOLDERS[name]:
             places.append(Candidate(root / sub if sub else root, why))
 
     if data_dir is not None:
         folders(Path(data_dir).expanduser(), "--data")
+    if preferred_dir is not None:
+        folders(Path(preferred_dir).expanduser(), "preferred data folder")
     env = os.environ.get("MNISTGUI_DATA")
     if env:
         folders(Path(env).expanduser(), "MNISTGUI_DATA")
@@ -250,34 +259,70 @@ def load_keras_npz(name: str, path: Path) -> Dataset:
     )
 
 
-def _looks_like_dataset(candidate: Path) -> bool:
+def _holds_mnist_instead(name: str, folder: Path) -> bool:
+    """True if `folder` is asked for as Fashion-MNIST but holds MNIST (their files share names).
+
+    MNIST's tiny test-labels file identifies it by its digest; an unreadable one is left for the
+    loader to report.
+    """
+    if name != "fashion":
+        return False
+    path = _find_role_file(folder, "test_labels")
+    try:
+        return path is not None and read_labels(path).sha256 == MNIST_SHA256["test_labels"]
+    except DataError:
+        return False
+
+
+def _looks_like_dataset(name: str, candidate: Path) -> bool:
     if candidate.suffix == ".npz":
         return candidate.is_file()
-    return candidate.is_dir() and _idx_folder(candidate) is not None
+    return candidate.is_dir() and _idx_folder(candidate) is not None and not _holds_mnist_instead(name, candidate)
 
 
-def find_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Candidate | None:
+def find_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, preferred_dir: str | os.PathLike | None = None
+) -> Candidate | None:
     """The first place, in search order, that holds all four files of `name`."""
-    for candidate in candidate_places(name, data_dir):
-        if _looks_like_dataset(candidate.path):
+    for candidate in candidate_places(name, data_dir, preferred_dir):
+        if _looks_like_dataset(name, candidate.path):
             return candidate
     return None
 
 
-def not_found_message(name: str, data_dir=None) -> str:
-    looked = ", ".join(dict.fromkeys(str(c.path) for c in candidate_places(name, data_dir)))
+def not_found_message(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    preferred_dir: str | os.PathLike | None = None,
+    download_error: str | None = None,
+) -> str:
+    """Where mnistgui looked and how to point it at the files; `download_error` if a download failed too."""
+    looked = ", ".join(dict.fromkeys(str(c.path) for c in candidate_places(name, data_dir, preferred_dir)))
+    title = DATASET_TITLES[name]
+    if download_error is None:
+        return (
+            f"{title} not found. Looked in: {looked}. "
+            f"Point mnistgui at the four IDX files with --data DIR or the MNISTGUI_DATA variable, "
+            f"or let it download them into {default_download_dir(name)}."
+        )
     return (
-        f"{DATASET_TITLES[name]} not found. Looked in: {looked}. "
+        f"{title} not found, and downloading it failed ({download_error}). Looked in: {looked}. "
         f"Point mnistgui at the four IDX files with --data DIR or the MNISTGUI_DATA variable, "
-        f"or let it download them into {default_download_dir(name)}."
+        f"or put them into {default_download_dir(name)}."
     )
 
 
-def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    preferred_dir: str | os.PathLike | None = None,
+) -> Dataset:
     """Load `name` from the first place that has it. Raises DataNotFoundError naming every place tried.
 
-    An explicit `data_dir` that lacks the files is an error even if the data exists elsewhere:
-    the user asked for that folder.
+    An explicit `data_dir` (the command line's --data) that lacks the files is an error even if the
+    data exists elsewhere: the user asked for that folder. A `preferred_dir` (a folder the window
+    remembers or the user chose there) is only searched first: if it lacks the files, the usual
+    places are searched after it.
     """
     if name not in DATASET_TITLES:
         raise DataError(f"unknown dataset {name!r}; choose mnist or fashion")
@@ -287,15 +332,17 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None)
             raise DataNotFoundError(f"{root}: no such folder (given with --data)")
         for sub in _SUBFOLDERS[name]:
             folder = root / sub if sub else root
-            if folder.is_dir() and _idx_folder(folder) is not None:
+            if _looks_like_dataset(name, folder):
                 return load_idx_folder(name, folder)
         if root.suffix == ".npz" and root.is_file():
             return load_keras_npz(name, root)
+        if _holds_mnist_instead(name, root):
+            raise DataNotFoundError(f"{root}: holds MNIST, not {DATASET_TITLES[name]}")
         missing = [FILE_STEMS[r] for r in ROLES if _find_role_file(root, r) is None]
         raise DataNotFoundError(f"{root}: no {DATASET_TITLES[name]} files there (missing {', '.join(missing)})")
-    found = find_dataset(name)
+    found = find_dataset(name, preferred_dir=preferred_dir)
     if found is None:
-        raise DataNotFoundError(not_found_message(name))
+        raise DataNotFoundError(not_found_message(name, preferred_dir=preferred_dir))
     if found.path.suffix == ".npz":
         return load_keras_npz(name, found.path)
     return load_idx_folder(name, found.path)

@@ -8,12 +8,16 @@ Layout (format 1):
     /history/<col>   epoch, train_error, test_error, cost, seconds, images_per_second, eval_seconds
     /knn/images, /knn/labels   kNN only: the stored training set (gzip-compressed uint8)
 
-Nothing is ever unpickled: only numeric datasets and string attributes are read.
+Nothing is ever unpickled: only numeric datasets and string attributes are read. A model file is
+untrusted input: every dataset's shape, type and storage, and every attribute's size, is checked from
+the file's metadata against what the configuration and the dataset allow before anything is read, so
+a file that lies about its sizes, or a compression bomb, costs no more memory than an honest file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -26,11 +30,20 @@ import numpy as np
 from .. import __version__
 from .config import Config
 from .errors import ConfigError, ModelFileError
+from .models import parameter_shapes
 from .training import EpochResult, KnnModel, Model, NeuralModel, create_model
 
 FORMAT_NAME = "mnistgui-model"
 FORMAT_VERSION = 1
 HISTORY_COLUMNS = [f.name for f in fields(EpochResult)]
+
+# Bounds on what a file may ask us to allocate, checked from metadata before reading.
+TRAIN_SET_ROWS = {"mnist": 60000, "fashion": 60000}  # a kNN store holds at most its training set
+IMAGE_PIXELS = 784
+MAX_HISTORY_ROWS = 100_000  # ten runs of Config's 10,000 epochs at most, resumed one after another
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far beyond any model the configuration screens offer
+MAX_ATTRIBUTE_BYTES = 1 << 20  # configuration, versions, RNG state: a few hundred bytes each
+MAX_CHUNK_BYTES = 64 << 20  # HDF5 decompresses whole chunks: an honest file's are well under a MiB
 
 
 def _versions() -> dict:
@@ -96,10 +109,24 @@ def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -
         optimizer.create_dataset(name, data=value)
 
 
-def _attr_str(f: h5py.File, name: str, path: Path) -> str:
+def _attribute(f: h5py.File, name: str, path: Path):
+    """The attribute's value, or None if absent; refused before reading if it is implausibly large."""
     if name not in f.attrs:
+        return None
+    attribute = f.attrs.get_id(name)
+    # Every attribute is one value; many variable-length strings could all point at one big string.
+    if attribute.shape not in ((), (1,)):
+        raise ModelFileError(f"{path}: attribute '{name}' holds an array of shape {attribute.shape}, not one value")
+    size = attribute.get_storage_size()
+    if size > MAX_ATTRIBUTE_BYTES:
+        raise ModelFileError(f"{path}: attribute '{name}' holds {size} bytes, more than a model file's ever do")
+    return f.attrs[name]
+
+
+def _attr_str(f: h5py.File, name: str, path: Path) -> str:
+    value = _attribute(f, name, path)
+    if value is None:
         raise ModelFileError(f"{path}: missing attribute '{name}'")
-    value = f.attrs[name]
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):
@@ -108,19 +135,32 @@ def _attr_str(f: h5py.File, name: str, path: Path) -> str:
 
 
 def _attr_int(f: h5py.File, name: str, path: Path) -> int:
-    value = f.attrs.get(name)
+    value = _attribute(f, name, path)
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise ModelFileError(f"{path}: attribute '{name}' is missing or not an integer")
     return int(value)
 
 
-def _read_array(f: h5py.File, key: str, path: Path, shape=None, kind="f") -> np.ndarray:
+def _dataset(f: h5py.File, key: str, path: Path, kind: str = "f") -> h5py.Dataset:
+    """The dataset at `key`, its type and storage checked from metadata; nothing is read yet."""
     item = f.get(key)
     if not isinstance(item, h5py.Dataset):
         raise ModelFileError(f"{path}: missing dataset '{key}'")
-    if item.dtype.kind not in kind:
-        raise ModelFileError(f"{path}: dataset '{key}' has type {item.dtype}, expected numbers")
-    if shape is not None and item.shape != tuple(shape):
+    if item.dtype.kind not in kind or item.dtype.itemsize > 8:
+        expected = "unsigned bytes" if kind == "u" else "numbers"
+        raise ModelFileError(f"{path}: dataset '{key}' has type {item.dtype}, expected {expected}")
+    if item.is_virtual or item.external:
+        # Its values would come from other files on this machine, named by the model file.
+        raise ModelFileError(f"{path}: dataset '{key}' refers to data outside the model file")
+    if item.chunks is not None and math.prod(item.chunks) * item.dtype.itemsize > MAX_CHUNK_BYTES:
+        raise ModelFileError(f"{path}: dataset '{key}' is stored in chunks of {item.chunks}, too large to read")
+    return item
+
+
+def _read_array(f: h5py.File, key: str, path: Path, shape, kind="f") -> np.ndarray:
+    """Read `key` after checking, from metadata, that it has exactly `shape` and the right type."""
+    item = _dataset(f, key, path, kind)
+    if item.shape != tuple(shape):
         raise ModelFileError(
             f"{path}: '{key}' has shape {item.shape}, but the configuration needs {tuple(shape)}"
         )
@@ -155,7 +195,7 @@ def _open(path: Path) -> h5py.File:
 
 
 def _header(f: h5py.File, path: Path) -> dict:
-    if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
+    if _attribute(f, "format", path) not in (FORMAT_NAME, FORMAT_NAME.encode()):
         raise ModelFileError(f"{path}: an HDF5 file, but not an mnistgui model file")
     version = _attr_int(f, "format_version", path)
     if version > FORMAT_VERSION:
@@ -176,16 +216,20 @@ def _header(f: h5py.File, path: Path) -> dict:
     history_group = f.get("history")
     if not isinstance(history_group, h5py.Group):
         raise ModelFileError(f"{path}: missing group 'history'")
-    columns = {c: _read_array(f, f"history/{c}", path) for c in HISTORY_COLUMNS}
-    lengths = {len(v) if v.ndim == 1 else -1 for v in columns.values()}
-    if len(lengths) != 1 or -1 in lengths:
-        raise ModelFileError(f"{path}: history columns disagree in length")
-    history = [EpochResult(**{c: float(columns[c][i]) for c in HISTORY_COLUMNS}) for i in range(lengths.pop())]
+    epochs_done = _attr_int(f, "epochs_done", path)
+    if not 0 <= epochs_done <= MAX_HISTORY_ROWS:
+        raise ModelFileError(f"{path}: says {epochs_done} epochs done; a model file holds 0 to {MAX_HISTORY_ROWS}")
+    shapes = {c: _dataset(f, f"history/{c}", path).shape for c in HISTORY_COLUMNS}
+    if any(shape != (epochs_done,) for shape in shapes.values()):
+        if len(set(shapes.values())) != 1:
+            raise ModelFileError(f"{path}: history columns disagree in length")
+        raise ModelFileError(
+            f"{path}: says {epochs_done} epochs done but holds history of shape {shapes[HISTORY_COLUMNS[0]]}"
+        )
+    columns = {c: _read_array(f, f"history/{c}", path, (epochs_done,)) for c in HISTORY_COLUMNS}
+    history = [EpochResult(**{c: float(columns[c][i]) for c in HISTORY_COLUMNS}) for i in range(epochs_done)]
     for result in history:
         result.epoch = int(result.epoch)
-    epochs_done = _attr_int(f, "epochs_done", path)
-    if epochs_done != len(history):
-        raise ModelFileError(f"{path}: says {epochs_done} epochs done but holds {len(history)} history rows")
     return {
         "config": config,
         "format_version": version,
@@ -205,23 +249,55 @@ def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
         with _open(path) as f:
             header = _header(f, path)
             config = header["config"]
-            model = create_model(config)
-            model.history = header["history"]
-            if isinstance(model, KnnModel):
-                images = _read_array(f, "knn/images", path, kind="u")
-                labels = _read_array(f, "knn/labels", path, kind="u")
-                if images.ndim != 2 or images.shape[1] != 784 or labels.shape != (len(images),):
-                    raise ModelFileError(f"{path}: stored kNN training set has inconsistent shapes")
-                if labels.size and labels.max() > 9:
-                    raise ModelFileError(f"{path}: stored kNN labels outside 0..9")
+            if config.model == "knn":
+                images, labels = _read_knn_store(f, config, path)
+                model = create_model(config)
+                model.history = header["history"]
                 model.fit(images, labels)
                 return model, header
+            _check_parameter_count(config, path)
+            model = create_model(config)
+            model.history = header["history"]
             _load_neural_state(f, model, path)
     except ModelFileError:
         raise
     except _DAMAGE as exc:
         raise ModelFileError(f"{path}: damaged or truncated model file ({exc})") from None
     return model, header
+
+
+def _read_knn_store(f: h5py.File, config: Config, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The stored training set, its size bounded by the training set the configuration names."""
+    limit = TRAIN_SET_ROWS[config.dataset]
+    if config.train_size:
+        limit = min(limit, config.train_size)
+    images = _dataset(f, "knn/images", path, kind="u")
+    labels = _dataset(f, "knn/labels", path, kind="u")
+    if images.ndim != 2 or images.shape[1] != IMAGE_PIXELS or images.dtype != np.uint8:
+        raise ModelFileError(
+            f"{path}: stored kNN images are {images.dtype} {images.shape}, expected uint8 N x {IMAGE_PIXELS}"
+        )
+    rows = images.shape[0]
+    if not 1 <= rows <= limit:
+        raise ModelFileError(
+            f"{path}: stores {rows} kNN training images; its configuration allows 1 to {limit} "
+            f"({config.dataset}, train_size {config.train_size or 'all'})"
+        )
+    if labels.shape != (rows,) or labels.dtype != np.uint8:
+        raise ModelFileError(f"{path}: stored kNN labels are {labels.dtype} {labels.shape}, expected uint8 ({rows},)")
+    images_array, labels_array = images[()], labels[()]
+    if labels_array.max() > 9:
+        raise ModelFileError(f"{path}: stored kNN labels outside 0..9")
+    return images_array, labels_array
+
+
+def _check_parameter_count(config: Config, path: Path) -> None:
+    """Refuse a configuration whose weights alone would be too large to build, before building them."""
+    count = sum(math.prod(shape) for shape in parameter_shapes(config).values())
+    if count > MAX_PARAMETERS:
+        raise ModelFileError(
+            f"{path}: its configuration needs {count:,} parameters; mnistgui loads at most {MAX_PARAMETERS:,}"
+        )
 
 
 def _check_names(group, expected: list[str], what: str, path: Path, model_name: str) -> None:

@@ -170,8 +170,8 @@ class Corr2dValid(Op):
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = _as_float_out(node, corr2d_nhwc(*inputs))
 
-    def infer_shape(self, fgraph, node, shapes):
-        (n, h, w, _), (f, _, kh, kw) = shapes
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        (n, h, w, _), (f, _, kh, kw) = args[-1]
         return [(n, h - kh + 1, w - kw + 1, f)]
 
     def pullback(self, inputs, outputs, output_grads):
@@ -194,8 +194,8 @@ class Corr2dWeights(Op):
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = _as_float_out(node, corr2d_weights_nhwc(*inputs))
 
-    def infer_shape(self, fgraph, node, shapes):
-        (_, h, w, c), (_, rows, cols, f) = shapes
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        (_, h, w, c), (_, rows, cols, f) = args[-1]
         return [(f, c, h - rows + 1, w - cols + 1)]
 
     def pullback(self, inputs, outputs, output_grads):
@@ -218,8 +218,8 @@ class Corr2dInputGrad(Op):
         x, g, k = inputs
         output_storage[0][0] = _as_float_out(node, corr2d_input_grad_nhwc(g, k, x.shape[1], x.shape[2]))
 
-    def infer_shape(self, fgraph, node, shapes):
-        (n, h, w, _), _, (_, c, _, _) = shapes
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        (n, h, w, _), _, (_, c, _, _) = args[-1]
         return [(n, h, w, c)]
 
     def connection_pattern(self, node):
@@ -251,8 +251,8 @@ class MaxPool2x2(Op):
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = max_pool_nhwc(inputs[0])
 
-    def infer_shape(self, fgraph, node, shapes):
-        n, h, w, c = shapes[0]
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        n, h, w, c = args[-1][0]
         return [(n, (h + 1) // 2, (w + 1) // 2, c)]
 
     def pullback(self, inputs, outputs, output_grads):
@@ -270,8 +270,8 @@ class MaxPool2x2Grad(Op):
     def perform(self, node, inputs, output_storage):
         output_storage[0][0] = _as_float_out(node, max_pool_grad_nhwc(*inputs))
 
-    def infer_shape(self, fgraph, node, shapes):
-        return [shapes[0]]
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        return [args[-1][0]]
 
 
 max_pool_2x2 = MaxPool2x2()
