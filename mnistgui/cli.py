@@ -26,6 +26,7 @@ from .core.config import (
     resume_config,
 )
 from .core.errors import ConfigError, MnistguiError
+from .core.presets import PRESETS, preset
 
 SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench")
 GLOBAL_FLAGS = ("--debug",)
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--save", metavar="FILE.h5", help="save the trained model here")
     group.add_argument("--log", metavar="FILE.csv", help="write epoch,train_error,test_error,cost,seconds")
     group.add_argument("--resume", metavar="FILE.h5", help="continue training a saved model")
+    group = train.add_argument_group("presets")
+    group.add_argument("--preset", choices=list(PRESETS), help="start from a named configuration; the other "
+                       "options given win over it")
+    group.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="test error, per-class accuracy and confusion matrix",
@@ -149,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(commands)
+    from .reproduce import add_parser as add_reproduce_parser
+
+    add_reproduce_parser(commands, _add_data_options)
     return parser
 
 
@@ -216,14 +224,23 @@ def _fmt_error(value: float) -> str:
 
 def _epoch_line(result) -> str:
     cost = "" if math.isnan(result.cost) else f"  cost {result.cost:.4f}"
-    return (f"epoch {result.epoch:3d}  train error {_fmt_error(result.train_error):>7}  "
+    val = "" if math.isnan(result.val_error) else f"  val error {_fmt_error(result.val_error):>7}"
+    return (f"epoch {result.epoch:3d}  train error {_fmt_error(result.train_error):>7}{val}  "
             f"test error {_fmt_error(result.test_error):>7}{cost}  "
             f"{result.seconds:.2f} s ({result.images_per_second:,.0f} img/s)")
 
 
 def _config_from_args(args) -> Config:
     settings = given_settings(args)
+    if args.preset:
+        return preset(args.preset).config(**settings)  # the options given win over the preset
     return Config.for_model(settings.pop("model", "logreg"), **settings)
+
+
+def _list_presets() -> None:
+    for item in PRESETS.values():
+        changed = ", ".join(f"{name}={_shown(value)}" for name, value in item.settings.items() if name != "model")
+        print(f"{item.name}: {item.description}\n    --model {item.settings['model']} {changed}")
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -233,6 +250,11 @@ def cmd_train(args) -> int:
     from .core.modelfile import load_model, save_model
     from .core.training import BatchProgress, EpochResult, Trainer, TrainingControl, create_model
 
+    if args.list_presets:
+        _list_presets()
+        return 0
+    if args.resume and args.preset:
+        raise MnistguiError("--preset starts a new run: it does not combine with --resume")
     if args.resume:
         model, header = load_model(args.resume)
         if not model.config.is_trainable:
@@ -287,10 +309,18 @@ def cmd_train(args) -> int:
             _write_log(args.log, log_rows, append=bool(args.resume))
     if control.stop_requested:
         print(f"stopped; the model is at the end of epoch {model.epochs_done}")
+    if trainer.early_stopped:
+        best = model.history[model.best_epoch - 1]
+        print(f"early stop: no better validation error for {config.early_stop} epochs; restored epoch "
+              f"{model.best_epoch} (val error {_fmt_error(best.val_error)}, test error {_fmt_error(best.test_error)})")
     if args.save:
         save_model(model, args.save, dataset.name, dataset.digest)
         print(f"saved {args.save}")
     return 0
+
+
+LOG_COLUMNS = ["epoch", "train_error", "test_error", "cost", "seconds", "val_error", "learning_rate",
+               *(f"accuracy_{digit}" for digit in range(10))]
 
 
 def _write_log(path: str, rows, append: bool) -> None:
@@ -300,10 +330,11 @@ def _write_log(path: str, rows, append: bool) -> None:
         with open(target, "a" if append else "w", newline="") as handle:
             writer = csv.writer(handle)
             if write_header:
-                writer.writerow(["epoch", "train_error", "test_error", "cost", "seconds"])
+                writer.writerow(LOG_COLUMNS)
             for r in rows:
                 writer.writerow([r.epoch, _csv_number(r.train_error), _csv_number(r.test_error),
-                                 _csv_number(r.cost), f"{r.seconds:.4f}"])
+                                 _csv_number(r.cost), f"{r.seconds:.4f}", _csv_number(r.val_error),
+                                 _csv_number(r.learning_rate), *(_csv_number(a) for a in r.class_accuracy)])
     except OSError as exc:
         raise MnistguiError(f"cannot write log {path}: {exc.strerror or exc}") from None
 
@@ -362,6 +393,7 @@ def cmd_info(args) -> int:
             "versions": header["versions"],
             "format_version": header["format_version"],
             "saved_at": header["saved_at"],
+            **header["training_state"],
         })
         return 0
     print(f"{args.file}: {MODEL_TITLES[config.model]} ({config.model}), {header['epochs_done']} epochs on "
@@ -369,8 +401,16 @@ def cmd_info(args) -> int:
     relevant = relevant_fields(config.model)
     print("configuration: " + ", ".join(
         f"{name}={getattr(config, name)}" for name in Config.__dataclass_fields__ if name in relevant))
+    changes = {change.get("after_epoch"): {name: pair for name, pair in change["changes"].items()
+                                           if isinstance(pair, list) and len(pair) == 2}
+               for change in header["training_state"]["config_changes"]
+               if isinstance(change, dict) and isinstance(change.get("changes"), dict)}
+    best = header["training_state"]["best_epoch"]
     for result in header["history"]:
-        print("  " + _epoch_line(result))
+        if result.epoch - 1 in changes:
+            print("  resumed with " + ", ".join(f"{name} {old} -> {new}"
+                                                for name, (old, new) in changes[result.epoch - 1].items()))
+        print("  " + _epoch_line(result) + ("  <- best validation error" if result.epoch == best else ""))
     versions = header["versions"]
     print("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; format {header['format_version']}")
     return 0

@@ -34,7 +34,7 @@ def test_loaded_model_predicts_exactly_as_before(saved_mlp, mnist):
     images = mnist.test_images[:300]
     assert np.array_equal(loaded.predict_proba(images), trainer.model.predict_proba(images))
     assert header["epochs_done"] == 1 and header["dataset_digest"] == mnist.digest
-    assert [vars(r) for r in loaded.history] == [vars(r) for r in trainer.model.history]
+    np.testing.assert_equal([vars(r) for r in loaded.history], [vars(r) for r in trainer.model.history])  # NaN == NaN
 
 
 def test_file_is_self_describing(saved_mlp):
@@ -261,9 +261,9 @@ def test_array_attribute_is_refused(saved_mlp, tmp_path):
 def test_configuration_too_large_to_build_is_refused_before_building(saved_mlp, tmp_path):
     def edit(f):
         config = json.loads(f.attrs["config"])
-        config["hidden_sizes"] = [8192] * 10
+        config["hidden_sizes"] = [8192] * 8
         f.attrs["config"] = json.dumps(config)
 
-    # 784 x 8192 + 9 x 8192 x 8192 + 8192 x 10 weights: 2.4 GB of float32 before a single value is read
-    with pytest.raises(ModelFileError, match="its configuration needs 610,484,224 parameters; mnistgui loads at most"):
+    # 784 x 8192 + 7 x 8192 x 8192 + 8192 x 10 weights: 1.9 GB of float32 before a single value is read
+    with pytest.raises(ModelFileError, match="its configuration needs 476,266,496 parameters; mnistgui loads at most"):
         load_model(_copy_with(saved_mlp[1], tmp_path, edit))

@@ -20,8 +20,11 @@ def test_a_reconfigured_model_continues_exactly_with_the_new_settings(mnist):
     config = Config.for_model("dropout_mlp", hidden_sizes=(64, 64), seed=5, backend="c")
     reference = create_model(config)
     _train(Trainer(reference, data), 1)
-    reference.learning_rate.set_value(np.float32(0.0003))  # what a schedule does: no recompilation
-    _train(Trainer(reference, data), 1)
+    # The trainer sets the shared rate before each step from the configuration: no recompilation.
+    reference.config = reference.config.replace(learning_rate=0.0003)
+    trainer = Trainer(reference, data)
+    _train(trainer, 1)
+    assert reference.history[-1].learning_rate == 0.0003
 
     resumed = create_model(config)
     _train(Trainer(resumed, data), 1)

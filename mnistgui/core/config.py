@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .schedules import SCHEDULE_TITLES
 
 MODEL_TITLES = {
     "knn": "Nearest neighbours",
@@ -42,7 +43,7 @@ BACKEND_TITLES = {
 }
 BACKENDS = tuple(BACKEND_TITLES)
 
-GROUPS = ("Data", "Model", "Optimizer", "Run")
+GROUPS = ("Data", "Model", "Optimizer", "Schedule", "Augmentation", "Run")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,21 @@ def _only_for_normal_init(config) -> str:
     return "" if config.init == "normal" else "only used by the normal initialisation"
 
 
+def _only_for_schedules(*names):
+    def reason(config) -> str:
+        return "" if config.schedule in names else "only used by the " + " and ".join(names) + " schedule" + (
+            "s" if len(names) > 1 else "")
+    return reason
+
+
+def _only_with_elastic(config) -> str:
+    return "" if config.elastic_alpha > 0 else "only used with an elastic alpha above 0"
+
+
+def _only_with_validation(config) -> str:
+    return "" if config.val_size > 0 else "needs a validation split"
+
+
 _TRAINED = TRAINED_MODELS
 _WITH_HIDDEN = frozenset({"mlp", "dropout_mlp", "convnet"})
 
@@ -112,6 +128,9 @@ SETTINGS_LIST = [
             flag="--train-size", low=0, high=60000, step=1000, special_zero="all", changeable=True),
     Setting("test_size", "int", 0, "Test images", "test on the first N test images (0: all)", "Data",
             flag="--test-size", low=0, high=10000, step=1000, special_zero="all", changeable=True),
+    Setting("val_size", "int", 0, "Validation images", "hold out the last N training images to validate on "
+            "(model selection and early stopping; 0: none, the test set is monitored as in the notebook)", "Data",
+            flag="--val-size", low=0, high=30000, step=1000, special_zero="none", models=_TRAINED),
     # --- model ---
     Setting("model", "choice", "logreg", "Model", "which of the notebook's models", "Model",
             flag="--model", choices=MODEL_TITLES),
@@ -165,6 +184,41 @@ SETTINGS_LIST = [
     Setting("beta2", "float", 0.999, "Adam beta2", "decay of Adam's second moment", "Optimizer",
             flag="--beta2", low=0.0, high=0.99999, step=0.001, decimals=5, models=_TRAINED,
             optimizers=frozenset({"adam"}), changeable=True),
+    Setting("weight_decay", "float", 0.0, "Weight decay", "decoupled weight decay of the weights, biases "
+            "excepted, scaled by the learning rate (as AdamW)", "Optimizer", flag="--weight-decay", low=0.0,
+            high=1.0, step=0.0001, decimals=6, models=_TRAINED, changeable=True),
+    # --- schedule ---
+    Setting("schedule", "choice", "constant", "Schedule", "how the learning rate changes over the run", "Schedule",
+            flag="--schedule", choices=SCHEDULE_TITLES, models=_TRAINED, changeable=True),
+    Setting("warmup_epochs", "float", 0.0, "Warm-up epochs", "epochs of linear warm-up (step, cosine), or of the "
+            "rise (one-cycle; 0: 30% of the run)", "Schedule", flag="--warmup", low=0.0, high=100.0, step=0.5,
+            decimals=2, models=_TRAINED, active_when=_only_for_schedules("step", "cosine", "onecycle"),
+            changeable=True),
+    Setting("step_epochs", "int", 10, "Step every (epochs)", "epochs between two decays of the step schedule",
+            "Schedule", flag="--step-epochs", low=1, high=1000, models=_TRAINED,
+            active_when=_only_for_schedules("step"), changeable=True),
+    Setting("step_gamma", "float", 0.1, "Step factor", "factor of each decay of the step schedule", "Schedule",
+            flag="--step-gamma", low=0.0, high=1.0, low_open=True, step=0.05, decimals=3, models=_TRAINED,
+            active_when=_only_for_schedules("step"), changeable=True),
+    Setting("early_stop", "int", 0, "Early stopping patience", "stop after N epochs without a better validation "
+            "error and restore the best epoch's weights (0: off)", "Schedule", flag="--early-stop", low=0,
+            high=1000, special_zero="off", models=_TRAINED, active_when=_only_with_validation, changeable=True),
+    # --- augmentation ---
+    Setting("augment_shift", "float", 0.0, "Random shift (px)", "shift each training image by up to this many "
+            "pixels, each epoch anew", "Augmentation", flag="--shift", low=0.0, high=6.0, step=0.5, decimals=1,
+            models=_TRAINED, changeable=True),
+    Setting("augment_rotate", "float", 0.0, "Random rotation (°)", "rotate each training image by up to this "
+            "many degrees", "Augmentation", flag="--rotate", low=0.0, high=45.0, step=1.0, decimals=1,
+            models=_TRAINED, changeable=True),
+    Setting("augment_scale", "float", 0.0, "Random scaling", "scale each training image by a factor in "
+            "[1 - s, 1 + s]", "Augmentation", flag="--scale", low=0.0, high=0.5, step=0.05, decimals=2,
+            models=_TRAINED, changeable=True),
+    Setting("elastic_alpha", "float", 0.0, "Elastic alpha", "strength of elastic distortions (Simard et al. "
+            "2003; about 34 in the paper; 0: off)", "Augmentation", flag="--elastic-alpha", low=0.0, high=100.0,
+            step=1.0, decimals=1, models=_TRAINED, changeable=True),
+    Setting("elastic_sigma", "float", 4.0, "Elastic sigma", "smoothness of the elastic distortions, in pixels",
+            "Augmentation", flag="--elastic-sigma", low=0.5, high=20.0, step=0.5, decimals=1, models=_TRAINED,
+            active_when=_only_with_elastic, changeable=True),
     # --- run ---
     Setting("batch_size", "int", 128, "Batch size", "images per update", "Run",
             flag="--batch-size", low=1, high=60000, step=32, models=_TRAINED, changeable=True),
@@ -222,6 +276,10 @@ class Config(_ConfigFields):
         """Raise ConfigError naming the first setting that is out of its range or does not fit the model."""
         for setting in SETTINGS_LIST:
             _check(setting, getattr(self, setting.name), self.model)
+        if self.is_trainable and self.early_stop and not self.val_size:
+            raise ConfigError("early_stop needs a validation split: give val_size (--val-size N)")
+        if self.is_trainable and self.val_size and self.train_size and self.val_size >= self.train_size:
+            raise ConfigError(f"val_size ({self.val_size}) must be smaller than train_size ({self.train_size})")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -5,7 +5,9 @@ Layout (format 1):
                      epochs_done, dataset, dataset_digest, rng_state (JSON), versions (JSON), saved_at
     /params/<name>   float32 weights, by the notebook's names (w, w_h, w_o, ...)
     /optimizer/<n>   optimizer state (e.g. "w_h.acc" for RMSprop's running mean of g^2)
-    /history/<col>   epoch, train_error, test_error, cost, seconds, images_per_second, eval_seconds
+    /history/<col>   epoch, train_error, test_error, cost, seconds, images_per_second, eval_seconds,
+                     and (optional, NaN when absent) val_error, learning_rate, and class_accuracy (n, 10)
+                     attrs (optional): training_state (JSON: config_changes, schedule_horizon, best_epoch)
     /knn/images, /knn/labels   kNN only: the stored training set (gzip-compressed uint8)
 
 Nothing is ever unpickled: only numeric datasets and string attributes are read. A model file is
@@ -35,7 +37,9 @@ from .training import EpochResult, KnnModel, Model, NeuralModel, create_model
 
 FORMAT_NAME = "mnistgui-model"
 FORMAT_VERSION = 1
-HISTORY_COLUMNS = [f.name for f in fields(EpochResult)]
+HISTORY_COLUMNS = [f.name for f in fields(EpochResult) if f.name != "class_accuracy"]
+# Columns added after the first release: a file without them reads as NaN.
+OPTIONAL_HISTORY_COLUMNS = ("val_error", "learning_rate")
 
 # Bounds on what a file may ask us to allocate, checked from metadata before reading.
 TRAIN_SET_ROWS = {"mnist": 60000, "fashion": 60000}  # a kNN store holds at most its training set
@@ -93,6 +97,14 @@ def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -
     history = f.create_group("history")
     for column in HISTORY_COLUMNS:
         history.create_dataset(column, data=np.array([getattr(r, column) for r in model.history], dtype=np.float64))
+    history.create_dataset("class_accuracy", data=np.array([r.class_accuracy for r in model.history],
+                                                             dtype=np.float64).reshape(-1, 10))
+    if isinstance(model, NeuralModel):
+        history.attrs["training_state"] = json.dumps({
+            "config_changes": model.config_changes,
+            "schedule_horizon": model.schedule_horizon,
+            "best_epoch": model.best_epoch,
+        })
     if isinstance(model, KnnModel):
         group = f.create_group("knn")
         group.create_dataset("images", data=model.train_images, compression="gzip", compression_opts=4)
@@ -219,17 +231,24 @@ def _header(f: h5py.File, path: Path) -> dict:
     epochs_done = _attr_int(f, "epochs_done", path)
     if not 0 <= epochs_done <= MAX_HISTORY_ROWS:
         raise ModelFileError(f"{path}: says {epochs_done} epochs done; a model file holds 0 to {MAX_HISTORY_ROWS}")
-    shapes = {c: _dataset(f, f"history/{c}", path).shape for c in HISTORY_COLUMNS}
+    present = [c for c in HISTORY_COLUMNS if c not in OPTIONAL_HISTORY_COLUMNS or f"history/{c}" in f]
+    shapes = {c: _dataset(f, f"history/{c}", path).shape for c in present}
     if any(shape != (epochs_done,) for shape in shapes.values()):
         if len(set(shapes.values())) != 1:
             raise ModelFileError(f"{path}: history columns disagree in length")
         raise ModelFileError(
             f"{path}: says {epochs_done} epochs done but holds history of shape {shapes[HISTORY_COLUMNS[0]]}"
         )
-    columns = {c: _read_array(f, f"history/{c}", path, (epochs_done,)) for c in HISTORY_COLUMNS}
-    history = [EpochResult(**{c: float(columns[c][i]) for c in HISTORY_COLUMNS}) for i in range(epochs_done)]
+    columns = {c: _read_array(f, f"history/{c}", path, (epochs_done,)) for c in present}
+    per_class = (_read_array(f, "history/class_accuracy", path, (epochs_done, 10))
+                 if "history/class_accuracy" in f else np.full((epochs_done, 10), np.nan))
+    history = [
+        EpochResult(**{c: float(columns[c][i]) for c in present}, class_accuracy=tuple(map(float, per_class[i])))
+        for i in range(epochs_done)
+    ]
     for result in history:
         result.epoch = int(result.epoch)
+    training_state = _training_state(history_group, epochs_done, path)
     return {
         "config": config,
         "format_version": version,
@@ -239,7 +258,31 @@ def _header(f: h5py.File, path: Path) -> dict:
         "dataset_digest": _attr_str(f, "dataset_digest", path),
         "versions": versions if isinstance(versions, dict) else {},
         "saved_at": _attr_str(f, "saved_at", path),
+        "training_state": training_state,
     }
+
+
+def _training_state(history_group, epochs_done: int, path: Path) -> dict:
+    """Resumes' setting changes, the schedule's horizon and the best epoch; defaults for older files."""
+    state = {"config_changes": [], "schedule_horizon": 0, "best_epoch": 0}
+    value = _attribute(history_group, "training_state", path)
+    if value is None:
+        return state
+    try:
+        stored = json.loads(value.decode() if isinstance(value, bytes) else value)
+    except (ValueError, AttributeError):
+        raise ModelFileError(f"{path}: history attribute 'training_state' is not valid JSON") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("config_changes", []), list):
+        raise ModelFileError(f"{path}: history attribute 'training_state' is not a JSON object of the right form")
+    for key in ("schedule_horizon", "best_epoch"):
+        number = stored.get(key, 0)
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= MAX_HISTORY_ROWS:
+            raise ModelFileError(f"{path}: training_state's {key} is {number!r}, not an epoch count")
+        state[key] = number
+    if state["best_epoch"] > epochs_done:
+        raise ModelFileError(f"{path}: best epoch {state['best_epoch']} is beyond the {epochs_done} epochs done")
+    state["config_changes"] = stored.get("config_changes", [])
+    return state
 
 
 def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
@@ -258,6 +301,8 @@ def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
             _check_parameter_count(config, path)
             model = create_model(config)
             model.history = header["history"]
+            for key, value in header["training_state"].items():
+                setattr(model, key, value)
             _load_neural_state(f, model, path)
     except ModelFileError:
         raise

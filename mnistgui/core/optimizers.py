@@ -89,8 +89,18 @@ def hyperparameters(config: Config) -> dict:
             if s.optimizers is not None and config.optimizer in s.optimizers}
 
 
+def decoupled_weight_decay(updates, params, learning_rate, weight_decay):
+    """p <- update(p) - lr * wd * p for every weight (biases excepted), as AdamW (Loshchilov and Hutter)."""
+    decay = _f32(learning_rate) * _f32(weight_decay)
+    weights = {id(p) for name, p in params.items() if not name.startswith("b")}
+    return [(p, new - decay * p if id(p) in weights else new) for p, new in updates]
+
+
 def make_updates(cost, params, config: Config, learning_rate=None):
     """The configured optimizer's updates for `cost`; `learning_rate` defaults to config.learning_rate."""
     grads = pytensor.grad(cost, list(params.values()))
     lr = config.learning_rate if learning_rate is None else learning_rate
-    return OPTIMIZERS[config.optimizer](grads, params, learning_rate=lr, **hyperparameters(config))
+    updates, state = OPTIMIZERS[config.optimizer](grads, params, learning_rate=lr, **hyperparameters(config))
+    if config.weight_decay:
+        updates = decoupled_weight_decay(updates, params, lr, config.weight_decay)
+    return updates, state

@@ -20,13 +20,15 @@ import pytensor
 import pytensor.tensor as pt
 
 from . import backend
+from .augment import Augmentation, augment
 from .config import Config, config_changes
 from .data import Dataset
-from .errors import TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .knn import iter_nearest, nearest_neighbours, vote
 from .layers import RngChain, cross_entropy
 from .models import N_CLASSES, ExistingParameters, build_layers, init_parameters
 from .optimizers import make_updates
+from .schedules import learning_rate_at
 
 EVAL_CHUNK = 256  # images per prediction call: small enough to stay in cache (convnet: 2.0 s for 10k, 2.5 s at 1000)
 PROGRESS_INTERVAL = 0.1  # seconds between BatchProgress reports
@@ -34,6 +36,7 @@ PROGRESS_INTERVAL = 0.1  # seconds between BatchProgress reports
 # cost finite for a long time (1e16 is typical at a learning rate of 10), so past this the run is
 # treated as diverged too, not only at NaN or infinity.
 DIVERGED_COST = 1e4
+AUGMENT_STREAM = 7  # keeps the augmentation's draws apart from the shuffling's, which use [seed, epoch]
 
 
 @dataclass
@@ -65,6 +68,9 @@ class EpochResult:
     seconds: float  # training time, evaluation excluded
     images_per_second: float
     eval_seconds: float = 0.0
+    val_error: float = math.nan  # on the held-out validation split, when there is one
+    learning_rate: float = math.nan  # at the epoch's last step (schedules change it)
+    class_accuracy: tuple[float, ...] = (math.nan,) * 10  # test accuracy of each class
 
 
 @dataclass
@@ -152,6 +158,10 @@ class NeuralModel:
         self.history: list[EpochResult] = []
         # Each resume that changed settings: {"after_epoch": n, "changes": {name: [old, new]}}.
         self.config_changes: list[dict] = []
+        # Epochs the learning-rate schedule spans, fixed when training starts, so a resumed run
+        # follows the same rates; and the epoch early stopping restored (0: none).
+        self.schedule_horizon = 0
+        self.best_epoch = 0
         dropout_used = config.input_dropout or config.hidden_dropout or config.conv_dropout
         self.rng = RngChain(config.seed + 1) if dropout_used else None
         # A shared scalar, so that a schedule or a resumed run changes it without recompiling.
@@ -187,6 +197,7 @@ class NeuralModel:
         model = NeuralModel(config)
         model.set_state(self.get_state())
         model.history = list(self.history)
+        model.schedule_horizon, model.best_epoch = self.schedule_horizon, self.best_epoch
         model.config_changes = [*self.config_changes, {"after_epoch": self.epochs_done, "changes": changes}]
         return model
 
@@ -304,9 +315,19 @@ class Trainer:
         self.dataset = dataset
         self.train_images = _as_images(dataset.train_images)
         self.train_labels = np.asarray(dataset.train_labels, dtype=np.int32)
+        held_out = model.config.val_size if model.config.is_trainable else 0
+        if held_out >= len(self.train_images):
+            raise ConfigError(f"val_size ({held_out}) leaves no training images out of {len(self.train_images)}")
+        # The validation split is the end of the training set, so it never depends on the seed.
+        split = len(self.train_images) - held_out
+        self.val_images, self.val_labels = self.train_images[split:], self.train_labels[split:]
+        self.train_images, self.train_labels = self.train_images[:split], self.train_labels[:split]
+        self.augmentation = Augmentation.from_config(model.config) if model.config.is_trainable else Augmentation()
         self.test_images = _as_images(dataset.test_images)
         self.test_labels = np.asarray(dataset.test_labels, dtype=np.int32)
         self._train_fn = None
+        self._epoch_data_changed = False
+        self.early_stopped = False
         self.compile_seconds = math.nan
         self.last_test_evaluation: Evaluation | None = None  # of the latest epoch, for viewers
 
@@ -343,10 +364,19 @@ class Trainer:
         self.compile_seconds = time.perf_counter() - start
         return self.compile_seconds
 
-    def _shuffle_for(self, epoch: int) -> None:
-        order = np.random.default_rng([self.model.config.seed, epoch]).permutation(len(self.train_images))
-        self._images_shared.set_value(self.train_images[order], borrow=True)
-        self._labels_shared.set_value(self.train_labels[order], borrow=True)
+    def _prepare_epoch(self, epoch: int) -> None:
+        """Shuffle and augment the epoch's training images, from draws that depend on seed and epoch alone."""
+        config = self.model.config
+        images, labels = self.train_images, self.train_labels
+        if config.shuffle:
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
+            images, labels = images[order], labels[order]
+        if self.augmentation.active:
+            images = augment(images, self.augmentation, np.random.default_rng([config.seed, epoch, AUGMENT_STREAM]))
+        if config.shuffle or self.augmentation.active or self._epoch_data_changed:
+            self._images_shared.set_value(images, borrow=True)
+            self._labels_shared.set_value(labels, borrow=True)
+        self._epoch_data_changed = config.shuffle or self.augmentation.active
 
     def evaluate_test(self) -> Evaluation:
         return self.model.evaluate(self.test_images, self.test_labels)
@@ -367,16 +397,22 @@ class Trainer:
             return
         self.compile()
         model = self.model
-        epochs = model.config.epochs if epochs is None else epochs
+        config = model.config
+        epochs = config.epochs if epochs is None else epochs
+        if not model.schedule_horizon:
+            model.schedule_horizon = model.epochs_done + epochs
         n_train = len(self.train_images)
-        size = model.config.batch_size
+        size = config.batch_size
+        best_error = min((r.val_error for r in model.history if not math.isnan(r.val_error)), default=math.inf)
+        best_state = None
         for _ in range(epochs):
             epoch = model.epochs_done + 1
             snapshot = model.get_state()
-            if model.config.shuffle:
-                self._shuffle_for(epoch)
+            self._prepare_epoch(epoch)
             cost_sum, seen, seconds = 0.0, 0, 0.0
             last_report = time.perf_counter()
+            first_step = (epoch - 1) * self.n_batches
+            learning_rate = config.learning_rate
             for batch in range(self.n_batches):
                 if control.stop_requested:
                     model.set_state(snapshot)
@@ -385,6 +421,8 @@ class Trainer:
                 if control.stop_requested:
                     model.set_state(snapshot)
                     return
+                learning_rate = learning_rate_at(config, first_step + batch, self.n_batches, model.schedule_horizon)
+                model.learning_rate.set_value(np.float32(learning_rate))
                 started = time.perf_counter()
                 with np.errstate(all="ignore"):  # a diverging run is reported below, not warned about
                     cost = float(self._train_fn(batch))
@@ -394,7 +432,7 @@ class Trainer:
                     raise TrainingDiverged(
                         f"training diverged: the cost became {cost:.4g} at epoch {epoch}, batch {batch + 1} "
                         f"of {self.n_batches}; the model was rolled back to the end of epoch {epoch - 1}. "
-                        f"Try a smaller learning rate (now {model.config.learning_rate})."
+                        f"Try a smaller learning rate (now {learning_rate:.4g})."
                     )
                 batch_len = min(size, n_train - batch * size)
                 cost_sum += cost * batch_len
@@ -404,11 +442,15 @@ class Trainer:
                     last_report = now
                     yield BatchProgress(epoch, batch + 1, self.n_batches, cost_sum / seen, seconds, seen / seconds)
             eval_start = time.perf_counter()
-            train_error = test_error = math.nan
+            train_error = test_error = val_error = math.nan
+            class_accuracy = (math.nan,) * N_CLASSES
             if evaluate:
                 train_error = model.evaluate(self.train_images, self.train_labels).error
+                if len(self.val_images):
+                    val_error = model.evaluate(self.val_images, self.val_labels).error
                 self.last_test_evaluation = self.evaluate_test()
                 test_error = self.last_test_evaluation.error
+                class_accuracy = tuple(float(v) for v in self.last_test_evaluation.per_class_accuracy())
             result = EpochResult(
                 epoch=epoch,
                 train_error=train_error,
@@ -417,9 +459,20 @@ class Trainer:
                 seconds=seconds,
                 images_per_second=seen / seconds,
                 eval_seconds=time.perf_counter() - eval_start,
+                val_error=val_error,
+                learning_rate=learning_rate,
+                class_accuracy=class_accuracy,
             )
             model.history.append(result)
+            if not math.isnan(val_error) and val_error < best_error:
+                best_error, model.best_epoch = val_error, epoch
+                best_state = model.get_state() if config.early_stop else None
             yield result
+            if config.early_stop and model.best_epoch and epoch - model.best_epoch >= config.early_stop:
+                if best_state is not None:
+                    model.set_state(best_state)
+                self.early_stopped = True
+                return
             if control.stop_requested or control.stop_after_epoch:
                 return
 
