@@ -28,7 +28,7 @@ from .core.config import (
 from .core.errors import ConfigError, MnistguiError
 from .core.presets import PRESETS, preset
 
-SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench")
+SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench", "reproduce")
 GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
