@@ -32,7 +32,6 @@ GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
-MODEL_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 class _Parser(argparse.ArgumentParser):
