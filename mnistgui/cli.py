@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
+import functools
 import json
 import math
 import numbers
@@ -33,7 +34,6 @@ GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
-MODEL_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -466,13 +466,17 @@ def main(argv: list[str] | None = None) -> int:
         leading += 1
     first = argv[leading] if leading < len(argv) else None
     if first is None or (first not in SUBCOMMANDS and not first.startswith("-")):
-        return _open_window(argv[leading:])
-    args = build_parser().parse_args(argv)
-    if args.command is None:
-        build_parser().print_help()
-        return 0
+        debug, command = "--debug" in argv[:leading], "window"
+        run = functools.partial(_open_window, argv[leading:])
+    else:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 0
+        debug, command = args.debug, args.command
+        run = functools.partial(args.func, args)
     try:
-        status = args.func(args)
+        status = run()
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
         return status
     except BrokenPipeError:
@@ -482,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_BROKEN_PIPE
     except MnistguiError as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print(f"mnistgui: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -490,12 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         print("mnistgui: aborted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an environment problem nobody foresaw: one line, unless --debug
-        if args.debug:
+        line = f"mnistgui: internal error: {type(exc).__name__}: {_one_line(exc)}"
+        if debug:
             traceback.print_exc()
-            print(f"mnistgui: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+            print(line, file=sys.stderr)
         else:
-            print(f"mnistgui: internal error: {type(exc).__name__}: {_one_line(exc)} "
-                  f"(mnistgui --debug {args.command} ... shows the traceback)", file=sys.stderr)
+            hint = "mnistgui --debug ..." if command == "window" else f"mnistgui --debug {command} ..."
+            print(f"{line} ({hint} shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 
 

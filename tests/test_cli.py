@@ -125,20 +125,22 @@ def test_output_into_a_closed_pipe_ends_quietly(knn_file):
 INTERNAL_ERROR = """
 import sys
 from mnistgui import cli
-def broken(args):
+def broken(*args):
     raise RuntimeError("an invariant broke\\nover two lines")
-cli.cmd_info = broken
+cli.cmd_info = cli._open_window = broken  # what no input can do: stand for a bug
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_unexpected_error_is_one_line_and_exit_1_and_debug_shows_the_traceback(knn_file):
-    result = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, "info", str(knn_file)], capture_output=True,
+@pytest.mark.parametrize("command, hint", [(["info", "m.h5"], "mnistgui --debug info ..."),
+                                           ([], "mnistgui --debug ...")])
+def test_unexpected_error_is_one_line_and_exit_1_and_debug_shows_the_traceback(command, hint):
+    result = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, *command], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == ("mnistgui: internal error: RuntimeError: an invariant broke over two lines "
-                             "(mnistgui --debug info ... shows the traceback)\n")
-    debug = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, "--debug", "info", str(knn_file)],
+                             f"({hint} shows the traceback)\n")
+    debug = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, "--debug", *command],
                            capture_output=True, text=True, timeout=300)
     assert debug.returncode == 1
     assert debug.stderr.startswith("Traceback (most recent call last):") and "in broken" in debug.stderr

@@ -156,12 +156,17 @@ def test_corrupt_keras_archive(isolated_home):
 # --- downloads, from a real HTTP server on loopback ------------------------------------------------
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that stops reading mid-file (a cancelled download) is expected here
+
+
 class _Server:
     def __init__(self, routes):
         self.routes = routes  # path -> bytes, or ("cut", bytes) to drop the connection mid-file
         self.requests: list[str] = []  # every path asked for, in order: proof a mirror was contacted
         handler = self._handler()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -189,7 +189,7 @@ def _attribute_is_acceptable(attribute: str, value, original) -> bool | None:
     return is_text  # versions, dataset, saved_at: any text
 
 
-@FUZZ
+@settings(FUZZ, max_examples=800)
 @given(attribute=st.sampled_from(["format", "format_version", "config", "epochs_done", "rng_state", "versions",
                                   "dataset", "saved_at"]),
        value=st.one_of(st.integers(-2**40, 2**40),

@@ -246,6 +246,19 @@ def test_data_from_outside_the_file_is_refused(saved_mlp, tmp_path):
         load_model(edited)
 
 
+def test_external_link_to_another_file_is_refused(saved_mlp, tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["w_o"] = np.ones((16, 10), np.float32)
+
+    def edit(f):
+        del f["params/w_o"]
+        f["params/w_o"] = h5py.ExternalLink(str(other), "/w_o")
+
+    with pytest.raises(ModelFileError, match="'params/w_o' refers to data outside the model file"):
+        load_model(_copy_with(saved_mlp[1], tmp_path, edit))
+
+
 def test_integer_or_text_where_numbers_belong(saved_mlp, tmp_path):
     edited = _lie(saved_mlp[1], tmp_path, "history/epoch", (1,), dtype=h5py.string_dtype())
     with pytest.raises(ModelFileError, match="dataset 'history/epoch' has type object, expected numbers"):

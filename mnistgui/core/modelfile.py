@@ -45,7 +45,7 @@ OPTIONAL_HISTORY_COLUMNS = ("val_error", "learning_rate")
 TRAIN_SET_ROWS = {"mnist": 60000, "fashion": 60000}  # a kNN store holds at most its training set
 IMAGE_PIXELS = 784
 MAX_HISTORY_ROWS = 100_000  # ten runs of Config's 10,000 epochs at most, resumed one after another
-MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights: far beyond any model the configuration screens offer
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights, 300 times the notebook's largest model
 MAX_ATTRIBUTE_BYTES = 1 << 20  # configuration, versions, RNG state: a few hundred bytes each
 MAX_CHUNK_BYTES = 64 << 20  # HDF5 decompresses whole chunks: an honest file's are well under a MiB
 
@@ -161,8 +161,9 @@ def _dataset(f: h5py.File, key: str, path: Path, kind: str = "f") -> h5py.Datase
     if item.dtype.kind not in kind or item.dtype.itemsize > 8:
         expected = "unsigned bytes" if kind == "u" else "numbers"
         raise ModelFileError(f"{path}: dataset '{key}' has type {item.dtype}, expected {expected}")
-    if item.is_virtual or item.external:
-        # Its values would come from other files on this machine, named by the model file.
+    if item.file != f or item.is_virtual or item.external:
+        # An external link, a virtual dataset or external storage: its values would come from other
+        # files on this machine, named by the model file.
         raise ModelFileError(f"{path}: dataset '{key}' refers to data outside the model file")
     if item.chunks is not None and math.prod(item.chunks) * item.dtype.itemsize > MAX_CHUNK_BYTES:
         raise ModelFileError(f"{path}: dataset '{key}' is stored in chunks of {item.chunks}, too large to read")
