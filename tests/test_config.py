@@ -102,3 +102,12 @@ def test_unused_reasons_follow_model_optimizer_and_init():
     assert SETTINGS["conv_dropout"].unused_reason(sgd) == "not used by sigmoid mlp"
     assert SETTINGS["init_std"].unused_reason(sgd.replace(init="he")) == "only used by the normal initialisation"
     assert SETTINGS["learning_rate"].unused_reason(sgd) == ""
+
+
+def test_non_finite_numbers_and_oversized_models_are_refused():
+    from mnistgui.core.training import create_model
+
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number, not nan"):
+        Config.for_model("mlp", learning_rate=float("nan"))
+    with pytest.raises(ConfigError, match="needs 476,266,496 parameters; mnistgui builds at most 268,435,456"):
+        create_model(Config.for_model("mlp", hidden_sizes=(8192,) * 8))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -330,6 +331,8 @@ def _check(setting: Setting, value, model: str) -> None:
         numeric = (int,) if setting.kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, numeric):
             raise ConfigError(f"{name} must be {'an integer' if setting.kind == 'int' else 'a number'}, not {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, not {value}")
         too_low = value <= setting.low if setting.low_open else value < setting.low
         if too_low or value > setting.high:
             raise ConfigError(f"{name} must be in {setting.describe_range()}, not {value}")

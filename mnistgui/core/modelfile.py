@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__
 from .config import Config
 from .errors import ConfigError, ModelFileError
-from .models import parameter_shapes
+from .models import MAX_PARAMETERS, parameter_count
 from .training import EpochResult, KnnModel, Model, NeuralModel, create_model
 
 FORMAT_NAME = "mnistgui-model"
@@ -45,7 +45,6 @@ OPTIONAL_HISTORY_COLUMNS = ("val_error", "learning_rate")
 TRAIN_SET_ROWS = {"mnist": 60000, "fashion": 60000}  # a kNN store holds at most its training set
 IMAGE_PIXELS = 784
 MAX_HISTORY_ROWS = 100_000  # ten runs of Config's 10,000 epochs at most, resumed one after another
-MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights, 300 times the notebook's largest model
 MAX_ATTRIBUTE_BYTES = 1 << 20  # configuration, versions, RNG state: a few hundred bytes each
 MAX_CHUNK_BYTES = 64 << 20  # HDF5 decompresses whole chunks: an honest file's are well under a MiB
 
@@ -339,7 +338,7 @@ def _read_knn_store(f: h5py.File, config: Config, path: Path) -> tuple[np.ndarra
 
 def _check_parameter_count(config: Config, path: Path) -> None:
     """Refuse a configuration whose weights alone would be too large to build, before building them."""
-    count = sum(math.prod(shape) for shape in parameter_shapes(config).values())
+    count = parameter_count(config)
     if count > MAX_PARAMETERS:
         raise ModelFileError(
             f"{path}: its configuration needs {count:,} parameters; mnistgui loads at most {MAX_PARAMETERS:,}"

@@ -23,11 +23,13 @@ from pytensor.graph.traversal import io_toposort
 from pytensor.tensor.math import Dot
 
 from .config import Config
+from .errors import ConfigError
 from .layers import ACTIVATION_FUNCTIONS, RngChain, dense, dropout, init_weights, softmax, zeros_bias
 from .ops import Corr2dValid, conv2d_nhwc, max_pool_2d_nhwc
 
 IMAGE_SIDE = 28
 N_CLASSES = 10
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights, 300 times the notebook's largest model
 
 
 # --- where a model's parameters come from ---------------------------------------------------------
@@ -194,6 +196,17 @@ def parameter_shapes(config: Config) -> OrderedDict[str, tuple[int, ...]]:
     source = InputParameters(config.use_bias)
     build_layers(pt.matrix("X", dtype="float32"), source, config)
     return OrderedDict((n, source.shapes[n]) for n in _weights_then_biases(source.shapes))
+
+
+def parameter_count(config: Config) -> int:
+    return sum(int(np.prod(shape)) for shape in parameter_shapes(config).values())
+
+
+def check_size(config: Config) -> None:
+    """Refuse, before any weight is drawn, a configuration too large to build (ConfigError)."""
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"the configuration needs {count:,} parameters; mnistgui builds at most {MAX_PARAMETERS:,}")
 
 
 def init_parameters(config: Config) -> OrderedDict:

@@ -26,7 +26,7 @@ from .data import Dataset
 from .errors import ConfigError, TrainingDiverged
 from .knn import iter_nearest, nearest_neighbours, vote
 from .layers import RngChain, cross_entropy
-from .models import N_CLASSES, ExistingParameters, build_layers, init_parameters
+from .models import N_CLASSES, ExistingParameters, build_layers, check_size, init_parameters
 from .optimizers import make_updates
 from .schedules import learning_rate_at
 
@@ -154,6 +154,7 @@ class NeuralModel:
         config.validate()
         if not config.is_trainable:
             raise ValueError("use KnnModel for knn")
+        check_size(config)
         self.config = config
         self.history: list[EpochResult] = []
         # Each resume that changed settings: {"after_epoch": n, "changes": {name: [old, new]}}.
