@@ -230,10 +230,10 @@ def test_close_during_training_asks_then_stops_cleanly(qtbot, window):
     window.config_panel.set_config(Config.for_model("logreg", train_size=30000, test_size=200, batch_size=4))
     with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=lambda s: s == "training"):
         window.start_training()
-    worker = window.worker
-    window.close()
-    assert not window.isVisible()  # at once; it closes for good when the worker has stopped
-    qtbot.waitUntil(lambda: not worker.isRunning() and not window.tasks, timeout=30_000)
+    with qtbot.waitSignal(window.worker.finished, timeout=30_000):  # the thread stopped
+        window.close()
+        assert not window.isVisible()  # at once; it closes for good when the worker has stopped
+    qtbot.waitUntil(lambda: not window.tasks)
     assert asked and not window.isVisible() and window.state == "stopped"
 
 
