@@ -121,6 +121,21 @@ def test_short_training_updates_plot_table_gallery_confusion_and_filters(qtbot, 
     assert window.filters.tile_count == 64 and len(run.snapshots) == 2
 
 
+def test_epoch_slider_reads_snapshots_from_disk_and_feature_maps_arrive(qtbot, window):
+    run = _train(qtbot, window, Config.for_model("mlp", hidden_sizes=(16,), train_size=1000, test_size=100, epochs=3))
+    filters = window.filters
+    assert len(run.snapshots) == 3 and filters.epoch_slider.value() == 3
+    latest = filters.current_tiles().copy()
+    filters.epoch_slider.setValue(1)
+    assert "epoch 1 (snapshot 1 of 3)" in filters.epoch_label.text()
+    assert not np.array_equal(filters.current_tiles(), latest)
+    assert run.snapshots.bytes_in_memory == (784 * 16 + 16 * 10) * 4  # only the epoch shown
+    filters.mode_box.setCurrentIndex(filters.mode_box.findData("features"))
+    qtbot.waitUntil(lambda: filters.layer_box.findData("hidden1") >= 0, timeout=30_000)
+    filters.layer_box.setCurrentIndex(filters.layer_box.findData("hidden1"))
+    assert filters.tile_count == 1 and filters.current_tiles().shape == (1, 4, 4)
+
+
 def test_runs_overlay_and_hide(qtbot, window):
     first = _train(qtbot, window, Config.for_model("logreg", train_size=1000, test_size=200, epochs=2))
     second = _train(qtbot, window, Config.for_model("logreg", train_size=1000, test_size=200, epochs=2,

@@ -100,17 +100,22 @@ win.dataset("mnist", lambda dataset: None)
 while win.workspace.cached_dataset("mnist") is None:
     app.processEvents(QtCore.QEventLoop.AllEvents, 50)
 compiled = []
-win.worker_seconds = None
 states = []
 win.state_changed.connect(states.append)
-meter = GapMeter()
-with meter:
-    win.start_training()
-    win.worker.compiled.connect(compiled.append)
-    while not states or states[-1] not in ("finished", "failed", "stopped"):
+
+def wait_for(*wanted):
+    while not states or states[-1] not in wanted:
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
         time.sleep(0.002)
-print(json.dumps({"worst": meter.worst, "ticks": meter.ticks, "compile": compiled, "state": states[-1]}))
+
+with GapMeter() as starting:  # from Start until the first batch: graph, gradient, a cold compile
+    win.start_training()
+    win.worker.compiled.connect(compiled.append)
+    wait_for("training", "failed")
+with GapMeter() as training:
+    wait_for("finished", "failed", "stopped")
+print(json.dumps({"worst": starting.worst, "ticks": starting.ticks, "compile": compiled, "state": states[-1],
+                  "worst_training": training.worst}))
 win.close()
 """
 
@@ -125,7 +130,8 @@ def test_starting_a_convnet_with_a_cold_compile_cache(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert (tmp_path / "compiledir").is_dir()
     print(f"cold convnet compile of {report['compile'][0]:.1f} s: worst event-loop gap "
-          f"{report['worst'] * 1000:.0f} ms over {report['ticks']} ticks")
+          f"{report['worst'] * 1000:.0f} ms over {report['ticks']} ticks; then training: "
+          f"{report['worst_training'] * 1000:.0f} ms")
     assert report["state"] == "finished" and report["compile"][0] > 1.0
     assert report["ticks"] > 100 and report["worst"] <= MAX_GAP
 
@@ -163,9 +169,9 @@ def test_closing_during_compilation(qtbot, tmp_path):
         with qtbot.waitSignal(worker.finished, timeout=120_000):
             window.close()
             assert not window.isVisible() and window.state == "compiling"  # hidden at once, still compiling
-        qtbot.waitUntil(lambda: not window.tasks, timeout=10_000)
-    assert window.state == "stopped" and not window.isVisible()
-    assert not window.workspace._folder.exists()  # closed for good: the snapshot files are gone
+        # Closed for good once the worker is done: the snapshot files are gone.
+        qtbot.waitUntil(lambda: not window.workspace.snapshot_folder.exists(), timeout=10_000)
+    assert window.state == "stopped" and not window.isVisible() and not window.tasks
     print(f"closing during compilation: worst event-loop gap {meter.worst * 1000:.0f} ms over {meter.ticks} ticks")
     assert meter.worst <= MAX_GAP
 

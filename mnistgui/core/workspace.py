@@ -492,6 +492,11 @@ class Workspace:
 
     # --- closing ------------------------------------------------------------------------------------
 
+    @property
+    def snapshot_folder(self) -> Path:
+        """Where the runs' snapshot files are kept until `close`."""
+        return self._folder
+
     def close(self) -> None:
         """Remove the snapshot files."""
         self._cleanup()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import csv
 import gc
-import math
 from pathlib import Path
 
 import numpy as np
-from PyQt5 import QtCore, QtGui, QtWidgets
+from PyQt5 import QtCore, QtWidgets
 
 from .. import __version__
 from ..core import data as data_module
@@ -28,14 +27,15 @@ from .data_dialog import DataDialog
 from .filters import FilterView
 from .gallery import DigitDetail, GalleryView
 from .runs_panel import RunsPanel
+from .training_controller import RUNNING, TrainingController
 from .training_view import TrainingView
+from .window_actions import about_text, install_actions
 from .worker import Task, TrainingWorker, describe, start_detached
 
 MAX_RECENT = 8
 STATE_TITLES = {"idle": "Ready", "compiling": "Compiling", "training": "Training", "paused": "Paused",
                 "stopping": "Stopping", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
                 "loading": "Loading", "saving": "Saving"}
-RUNNING = ("compiling", "training", "paused", "stopping")
 
 
 _warmed_up = False
@@ -67,22 +67,21 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = settings or QtCore.QSettings()
         self.workspace = Workspace(data_dir=data_dir, preferred_data_dir=self.settings.value("data_dir", None) or None)
         self.current: Run | None = None
-        self.training_run: Run | None = None
-        self.worker: TrainingWorker | None = None
+        self.training = TrainingController(self.workspace, self)
+        self.training.state_changed.connect(self._set_state)
+        self.training.status_message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.training.failed.connect(
+            lambda message: self.show_message("Training failed", message, QtWidgets.QMessageBox.Critical))
         self.tasks: set[QtCore.QThread] = set()
         self.state = "idle"
         self.detail: DigitDetail | None = None
         self.message_box: QtWidgets.QMessageBox | None = None
         self.data_dialog: DataDialog | None = None
         self._closing = False
-        self._epochs_target = 0
-        self._shown_epoch = None
-        self._compile_started = QtCore.QElapsedTimer()
-        self._compile_timer = QtCore.QTimer(self, interval=200, timeout=self._show_compile_time)
         self.setWindowTitle(f"mnistgui {__version__}")
         self.resize(1280, 820)
         self._build_widgets()
-        self._build_actions()
+        install_actions(self)
         self._restore_settings()
         self._shown_dataset = self._panel_dataset()  # the first load waits for Start or app start-up
         self.workspace.subscribe(self._on_event)
@@ -131,72 +130,11 @@ class MainWindow(QtWidgets.QMainWindow):
         status = self.statusBar()
         self.state_label = QtWidgets.QLabel()
         self.state_label.setMinimumWidth(260)
-        self.progress = QtWidgets.QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setMaximumWidth(260)
-        self.progress.setTextVisible(True)
-        self.rate_label = QtWidgets.QLabel()
-        self.rate_label.setMinimumWidth(360)  # text changes then never resize, so never relayout, the window
         self.backend_label = QtWidgets.QLabel()
         status.addWidget(self.state_label)
-        status.addWidget(self.progress)
-        status.addWidget(self.rate_label, 1)
+        status.addWidget(self.training.progress)
+        status.addWidget(self.training.rate_label, 1)
         status.addPermanentWidget(self.backend_label)
-
-    def _action(self, text, slot, shortcut=None, tip=None, checkable=False):
-        action = QtWidgets.QAction(text, self)
-        if shortcut:
-            action.setShortcut(QtGui.QKeySequence(shortcut))
-        if tip:
-            action.setStatusTip(tip)
-            action.setToolTip(f"{tip} ({QtGui.QKeySequence(shortcut).toString()})" if shortcut else tip)
-        action.setCheckable(checkable)
-        action.triggered.connect(slot)
-        self.addAction(action)
-        return action
-
-    def _build_actions(self):
-        self.start_action = self._action("&Start", self.start_training, "F5", "Train a new run with this configuration")
-        self.pause_action = self._action("&Pause", self.toggle_pause, "F6", "Pause or resume training")
-        self.stop_action = self._action("S&top", self.stop_training, "Esc", "Stop within one batch")
-        self.stop_after_action = self._action("Stop after this &epoch", self._stop_after_epoch, None,
-                                              "Finish the current epoch, then stop", checkable=True)
-        self.continue_action = self._action("&Resume training", self.continue_training, "Shift+F5",
-                                            "Train the selected run for more epochs, exactly where it stopped")
-        self.open_action = self._action("&Open model…", self.open_dialog, QtGui.QKeySequence.Open, "Open a model file")
-        self.save_action = self._action("&Save model", self.save, QtGui.QKeySequence.Save, "Save the selected run")
-        self.save_as_action = self._action("Save model &as…", self.save_as, QtGui.QKeySequence.SaveAs)
-        self.export_csv_action = self._action("Export histories as &CSV…", self.export_csv)
-        self.export_plot_action = self._action("Export plot as PNG or S&VG…", self.export_plot)
-        self.data_action = self._action("Choose &data folder…", self.choose_data_folder)
-        self.quit_action = self._action("&Quit", self.close, QtGui.QKeySequence.Quit)
-        self.about_action = self._action("&About mnistgui", self.about)
-
-        menu = self.menuBar().addMenu("&File")
-        menu.addAction(self.open_action)
-        self.recent_menu = menu.addMenu("Open &recent")
-        for action in (self.save_action, self.save_as_action, None, self.export_csv_action, self.export_plot_action,
-                       None, self.data_action, None, self.quit_action):
-            menu.addAction(action) if action else menu.addSeparator()
-        menu = self.menuBar().addMenu("&Train")
-        for action in (self.start_action, self.pause_action, self.stop_action, self.stop_after_action,
-                       self.continue_action):
-            menu.addAction(action)
-        self.menuBar().addMenu("&Help").addAction(self.about_action)
-
-        toolbar = self.addToolBar("Training")
-        toolbar.setObjectName("training-toolbar")
-        toolbar.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
-        style = self.style()
-        for action, icon in ((self.start_action, QtWidgets.QStyle.SP_MediaPlay),
-                             (self.pause_action, QtWidgets.QStyle.SP_MediaPause),
-                             (self.stop_action, QtWidgets.QStyle.SP_MediaStop),
-                             (self.continue_action, QtWidgets.QStyle.SP_MediaSeekForward),
-                             (self.open_action, QtWidgets.QStyle.SP_DialogOpenButton),
-                             (self.save_action, QtWidgets.QStyle.SP_DialogSaveButton)):
-            action.setIcon(style.standardIcon(icon))
-            toolbar.addAction(action)
-        toolbar.addAction(self.stop_after_action)
 
     # --- settings ----------------------------------------------------------------------------------
 
@@ -251,7 +189,11 @@ class MainWindow(QtWidgets.QMainWindow):
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None and self.worker.isRunning()
+        return self.training.busy
+
+    @property
+    def worker(self) -> TrainingWorker | None:
+        return self.training.worker
 
     @property
     def data_dir(self) -> str | None:
@@ -296,9 +238,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tasks.discard(thread)
         if self._closing and not any(t.isRunning() for t in self.tasks):
             QtCore.QTimer.singleShot(0, self.close)
-
-    def _show_compile_time(self):
-        self._set_state("compiling", f"the graph… {self._compile_started.elapsed() / 1000:.0f} s")
 
     def show_message(self, title: str, text: str, icon=QtWidgets.QMessageBox.Warning):
         """A non-blocking message box: the event loop, and training, go on while it is open."""
@@ -449,85 +388,16 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _launch(self, run: Run, job):
         self.stop_after_action.setChecked(False)
-        self.progress.setValue(0)
-        self.rate_label.clear()
-        self.training_run = run
-        self._epochs_target = run.epochs_done + job.epochs
-        self._shown_epoch = None
-        worker = TrainingWorker(job)
-        worker.compiling.connect(self._on_compiling)
-        worker.compiled.connect(self._on_compiled)
-        worker.batch_progress.connect(self._on_batch)
-        worker.epoch_finished.connect(lambda outcome, r=run: self._on_epoch(r, outcome))
-        worker.finished_run.connect(self._on_finished)
-        worker.failed.connect(self._on_failed)
-        self.worker = worker
-        trainable = run.config.is_trainable
-        self._set_state("compiling" if trainable else "training", "" if trainable else "nearest neighbours over the test set")
-        self._track(worker)
-
-    def _on_compiling(self):
-        self._compile_started.start()
-        self._compile_timer.start()
-        self._show_compile_time()
-
-    def _on_compiled(self, seconds: float):
-        self._compile_timer.stop()
-        self.statusBar().showMessage(f"compiled in {seconds:.1f} s", 4000)
-        if self.state == "compiling":
-            self._set_state("training", f"epoch {self.training_run.epochs_done + 1} of {self._epochs_target}")
-
-    def _on_batch(self, progress):
-        # Touch only the two status widgets: a relayout or a repaint of the plots here holds the GIL
-        # the training thread needs, and at 10 updates a second slowed training by 40%.
-        self.progress.setValue(int(progress.fraction * 1000))
-        eta = "" if math.isnan(progress.eta_seconds) else f"ETA {progress.eta_seconds:.0f} s · "
-        cost = "" if math.isnan(progress.cost) else f" · cost {progress.cost:.4f}"
-        self.rate_label.setText(f"{eta}{progress.images_per_second:,.0f} images/s{cost}")
-        if progress.epoch != self._shown_epoch and self.state == "training" and self.training_run.config.is_trainable:
-            self._shown_epoch = progress.epoch
-            self._set_state("training", f"epoch {progress.epoch} of {self._epochs_target}")
-
-    def _on_epoch(self, run: Run, outcome):
-        self.workspace.record_epoch(run, outcome)
-        result = outcome.result
-        self.statusBar().showMessage(
-            f"epoch {result.epoch}: test error {result.test_error:.2%}, {result.seconds:.1f} s", 5000)
-
-    def _on_finished(self, how: str):
-        self._compile_timer.stop()
-        run = self.training_run
-        if how == "stopped":
-            detail = f"at the end of epoch {run.epochs_done}"
-        else:
-            detail = f"{run.epochs_done} epochs" if run.config.is_trainable else ""
-        self.worker = None
-        self._set_state(how, detail)
-
-    def _on_failed(self, message: str):
-        self._compile_timer.stop()
-        self.worker = None
-        self._set_state("failed", f"the model is kept at epoch {self.training_run.epochs_done}")
-        self.show_message("Training failed", message, QtWidgets.QMessageBox.Critical)
+        self.training.launch(run, job, self._track)
 
     def toggle_pause(self):
-        if not self.busy:
-            return
-        if self.worker.control.paused:
-            self.worker.resume()
-            self._set_state("training", f"epoch {self.training_run.epochs_done + 1} of {self._epochs_target}")
-        else:
-            self.worker.pause()
-            self._set_state("paused", "between batches")
+        self.training.toggle_pause()
 
     def stop_training(self):
-        if self.busy:
-            self.worker.stop()
-            self._set_state("stopping", "after this batch")
+        self.training.stop()
 
-    def _stop_after_epoch(self, checked: bool):
-        if self.busy:
-            self.worker.stop_after_epoch(checked)
+    def stop_after_epoch(self, checked: bool):
+        self.training.stop_after_epoch(checked)
 
     # --- gallery, confusion, detail -----------------------------------------------------------------
 
@@ -652,19 +522,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.show_message("Not exported", f"cannot write {path}: {exc}")
 
     def about(self):
-        import h5py
-        import pyqtgraph
-        import pytensor
-        from PyQt5.QtCore import PYQT_VERSION_STR, QT_VERSION_STR
-
-        backend = resolve_backend("auto")
-        text = (f"<h3>mnistgui {__version__}</h3>"
-                "<p>A desktop workbench for the models of the 2016 notebook “Introduction to Deep Learning” "
-                "(after Alec Radford's Theano-Tutorials), compiled with PyTensor, Theano's successor.</p>"
-                f"<p>PyTensor {pytensor.__version__} · NumPy {np.__version__} · h5py {h5py.__version__}<br>"
-                f"PyQt {PYQT_VERSION_STR} · Qt {QT_VERSION_STR} · pyqtgraph {pyqtgraph.__version__}<br>"
-                f"Default backend here: {BACKEND_TITLES[backend]}</p>")
-        QtWidgets.QMessageBox.about(self, "About mnistgui", text)
+        QtWidgets.QMessageBox.about(self, "About mnistgui", about_text())
 
     # --- closing -----------------------------------------------------------------------------------
 

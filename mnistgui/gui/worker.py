@@ -9,6 +9,9 @@ so that closing a window or a dialog never destroys a thread that is still runni
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 import time
 import traceback
 
@@ -39,6 +42,36 @@ def start_detached(thread: QtCore.QThread) -> QtCore.QThread:
 
 def running_threads() -> int:
     return sum(1 for t in _RUNNING if t.isRunning())
+
+
+_postponing = 0
+_postponing_lock = threading.Lock()
+_saved_threshold = 10
+
+
+@contextlib.contextmanager
+def no_full_collections():
+    """Postpone the garbage collector's full passes (young ones go on) while a worker builds,
+    compiles or trains a model; nested and concurrent uses are counted.
+
+    A compilation makes tens of thousands of objects and a model holds as many; a full pass over
+    them, triggered in the worker, holds the GIL for 100 to 450 ms (measured) and so stalls the
+    event loop. Young passes free the short-lived ones; the next full pass comes after the work.
+    """
+    global _postponing, _saved_threshold
+    with _postponing_lock:
+        if _postponing == 0:
+            young, middle, _saved_threshold = gc.get_threshold()
+            gc.set_threshold(young, middle, 1 << 30)
+        _postponing += 1
+    try:
+        yield
+    finally:
+        with _postponing_lock:
+            _postponing -= 1
+            if _postponing == 0:
+                young, middle, _ = gc.get_threshold()
+                gc.set_threshold(young, middle, _saved_threshold)
 
 
 def describe(exc: BaseException) -> str:
@@ -77,24 +110,28 @@ class TrainingWorker(QtCore.QThread):
 
     def run(self):
         try:
-            if self.job.config.is_trainable:
-                self.compiling.emit()
-                self.compiled.emit(self.job.compile())
-            last_signal = 0.0
-            for item in self.job.train(self.control):
-                if isinstance(item, BatchProgress):
-                    now = time.perf_counter()
-                    if now - last_signal >= BATCH_SIGNAL_INTERVAL or item.batch == item.n_batches:
-                        last_signal = now
-                        self.batch_progress.emit(item)
-                elif isinstance(item, EpochOutcome):
-                    self.epoch_finished.emit(item)
-            self.finished_run.emit("stopped" if self.control.stop_requested else "finished")
+            with no_full_collections():
+                self._train()
         except Exception as exc:  # anything at all must reach the user as a message, not a crash
             traceback.print_exc()
             self.failed.emit(describe(exc))
         finally:
             self.job = None  # the model goes with it
+
+    def _train(self):
+        if self.job.config.is_trainable:
+            self.compiling.emit()
+            self.compiled.emit(self.job.compile())
+        last_signal = 0.0
+        for item in self.job.train(self.control):
+            if isinstance(item, BatchProgress):
+                now = time.perf_counter()
+                if now - last_signal >= BATCH_SIGNAL_INTERVAL or item.batch == item.n_batches:
+                    last_signal = now
+                    self.batch_progress.emit(item)
+            elif isinstance(item, EpochOutcome):
+                self.epoch_finished.emit(item)
+        self.finished_run.emit("stopped" if self.control.stop_requested else "finished")
 
 
 class Task(QtCore.QThread):
@@ -109,7 +146,8 @@ class Task(QtCore.QThread):
 
     def run(self):
         try:
-            result = self.function()
+            with no_full_collections():
+                result = self.function()
         except Exception as exc:
             if not isinstance(exc, MnistguiError):
                 traceback.print_exc()
