@@ -8,6 +8,7 @@ while one runs hides the window at once and finishes closing when the threads ar
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gc
 from pathlib import Path
@@ -52,6 +53,9 @@ def _freeze_long_lived_objects():
     global _warmed_up
     if not _warmed_up:
         warm_up()
+        # Frozen objects are skipped by the collection at exit too, and PyQt's widgets then die in
+        # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
+        atexit.register(gc.unfreeze)
         _warmed_up = True
     gc.collect()
     gc.freeze()
@@ -544,4 +548,5 @@ class MainWindow(QtWidgets.QMainWindow):
             event.ignore()
             return
         self.workspace.close()
+        gc.unfreeze()  # this window's objects may go now; another window freezes what lives on
         event.accept()
