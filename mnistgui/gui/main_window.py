@@ -548,5 +548,4 @@ class MainWindow(QtWidgets.QMainWindow):
             event.ignore()
             return
         self.workspace.close()
-        gc.unfreeze()  # this window's objects may go now; another window freezes what lives on
         event.accept()
