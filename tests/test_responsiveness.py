@@ -243,3 +243,31 @@ def test_busy_window_refuses_a_second_open_or_start(qtbot, tmp_path, action):
             window.start_training()
     qtbot.wait(100)
     assert len(window.runs) == 1 and window.state == "idle"
+
+
+def test_models_are_built_only_in_workers(qtbot, tmp_path, monkeypatch):
+    """Graph building and pytensor.grad (NeuralModel.__init__) never run on the GUI thread."""
+    from mnistgui.core.training import NeuralModel
+
+    threads = []
+    original = NeuralModel.__init__
+
+    def recording(self, config):
+        threads.append(threading.current_thread() is threading.main_thread())
+        original(self, config)
+
+    monkeypatch.setattr(NeuralModel, "__init__", recording)
+    window = _window(qtbot, tmp_path)
+    window.config_panel.set_config(Config.for_model("mlp", hidden_sizes=(16,), train_size=500, test_size=100))
+    with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=_finished):
+        window.start_training()
+    path = str(tmp_path / "mlp.h5")
+    with qtbot.waitSignal(window.saved, timeout=60_000):
+        window.save_to(window.current, path)
+    with qtbot.waitSignal(window.predictions_ready, timeout=60_000):
+        window.open_model(path)
+    window.config_panel.widgets["epochs"].setValue(1)
+    with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=_finished):
+        window.continue_training()
+    assert window.state == "finished" and [r.epoch for r in window.current.history] == [1, 2]
+    assert len(threads) == 4 and not any(threads)  # train, save, open, resume: all in workers

@@ -371,6 +371,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.dataset(config.dataset, lambda dataset: self._start_run(config))
 
     def _start_run(self, config: Config):
+        if self._closing:
+            return
         run = self.workspace.new_run(config)  # the dataset is loaded: instant
         self._select(run)
         self._launch(run, self.workspace.training_job(run))
