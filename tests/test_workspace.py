@@ -201,3 +201,17 @@ def test_the_import_rule_catches_an_import(tmp_path, monkeypatch):
     monkeypatch.setattr(me, "ROOT", fake_root)
     found = [name for name, _ in _imports(bad)]
     assert "mnistgui.gui" in found and "pyqtgraph" in found
+
+
+def test_export_histories_writes_every_run_or_says_why_not(workspace, tmp_path):
+    from mnistgui.core.errors import MnistguiError
+
+    for seed in (1, 2):
+        _train(workspace, workspace.new_run(Config.for_model("logreg", train_size=300, test_size=50, epochs=2, seed=seed)))
+    workspace.export_histories(str(tmp_path / "h.csv"))
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    assert lines[0] == "run,model,epoch,train_error,test_error,cost,seconds" and len(lines) == 5
+    assert [line.split(",")[:3] for line in lines[1:]] == [["1", "logreg", "1"], ["1", "logreg", "2"],
+                                                           ["2", "logreg", "1"], ["2", "logreg", "2"]]
+    with pytest.raises(MnistguiError, match="cannot write .*missing"):
+        workspace.export_histories(str(tmp_path / "missing" / "h.csv"))

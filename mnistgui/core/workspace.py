@@ -13,6 +13,7 @@ that built it: a run keeps its state as arrays, and a `TrainingJob` builds its o
 
 from __future__ import annotations
 
+import csv
 import functools
 import inspect
 import itertools
@@ -30,7 +31,7 @@ import numpy as np
 from . import data as data_module
 from .config import MODEL_TITLES, Config
 from .data import Dataset
-from .errors import ConfigError, ModelFileError
+from .errors import ConfigError, MnistguiError, ModelFileError
 from .training import (BatchProgress, EpochResult, Evaluation, KnnModel, Model, NeuralModel, Trainer,
                        TrainingControl, create_model)
 
@@ -468,6 +469,19 @@ class Workspace:
         model = build_model(run.config, run.history, run.state)
         saved = save_model(model, path, run.dataset.name, run.dataset.digest)
         return saved
+
+    def export_histories(self, path: str) -> None:
+        """Every run's history as one CSV file."""
+        try:
+            with open(path, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["run", "model", "epoch", "train_error", "test_error", "cost", "seconds"])
+                for run in self.runs:
+                    for r in run.history:
+                        writer.writerow([run.key, run.config.model, r.epoch, r.train_error, r.test_error, r.cost,
+                                         r.seconds])
+        except OSError as exc:
+            raise MnistguiError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def set_path(self, run: Run, path: str) -> None:
         run.path = str(path)

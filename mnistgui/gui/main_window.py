@@ -9,8 +9,8 @@ while one runs hides the window at once and finishes closing when the threads ar
 from __future__ import annotations
 
 import atexit
-import csv
 import gc
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,10 @@ def _freeze_long_lived_objects():
     """
     global _warmed_up
     if not _warmed_up:
-        warm_up()
+        try:
+            warm_up()
+        except Exception:  # only a head start: a real compilation reports any problem properly
+            traceback.print_exc()
         # Frozen objects are skipped by the collection at exit too, and PyQt's widgets then die in
         # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
         atexit.register(gc.unfreeze)
@@ -509,14 +512,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if not path:
             return
         try:
-            with open(path, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["run", "model", "epoch", "train_error", "test_error", "cost", "seconds"])
-                for run in self.runs:
-                    for r in run.history:
-                        writer.writerow([run.key, run.config.model, r.epoch, r.train_error, r.test_error, r.cost, r.seconds])
-        except OSError as exc:
-            self.show_message("Not exported", f"cannot write {path}: {exc.strerror or exc}")
+            self.workspace.export_histories(path)
+        except MnistguiError as exc:
+            self.show_message("Not exported", str(exc))
 
     def export_plot(self, path: str | None = None):
         if not path:
