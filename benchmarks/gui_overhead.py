@@ -28,7 +28,7 @@ def headless(config, dataset):
 def windowed(app, window, config):
     window.config_panel.set_config(config)
     window.start_training()
-    while window.busy or window.state in ("compiling", "training"):
+    while window.busy or window.state in ("loading", "compiling", "training"):  # loading: the dataset, in the background
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
         time.sleep(0.005)
     return [r.seconds for r in window.current.history]

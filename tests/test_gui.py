@@ -12,10 +12,11 @@ import pytest
 from PyQt5 import QtCore, QtWidgets
 
 from mnistgui.core.config import Config
-from mnistgui.core.training import Trainer, create_model
+from mnistgui.core.workspace import TrainingJob, Workspace
 from mnistgui.gui.app import make_application
 from mnistgui.gui.gallery import order, select
 from mnistgui.gui.main_window import MainWindow
+from mnistgui.gui.runs_panel import run_color
 from mnistgui.gui.worker import TrainingWorker
 
 from .conftest import MNIST_DIR
@@ -33,9 +34,16 @@ def _train(qtbot, win, config, timeout=120_000):
 # --- the worker ---------------------------------------------------------------------------------
 
 
-def test_worker_signal_order(qtbot, mnist):
+@pytest.fixture(scope="module")
+def workspace():
+    workspace = Workspace(data_dir=str(MNIST_DIR))
+    yield workspace
+    workspace.close()
+
+
+def test_worker_signal_order(qtbot, workspace):
     config = Config.for_model("logreg", train_size=3000, test_size=500, epochs=2, batch_size=10)
-    worker = TrainingWorker(Trainer(create_model(config), mnist.subset(3000, 500)), epochs=2)
+    worker = TrainingWorker(workspace.training_job(workspace.prepare_run(config)))
     seen = []
     worker.compiling.connect(lambda: seen.append("compiling"))
     worker.compiled.connect(lambda s: seen.append("compiled"))
@@ -49,9 +57,9 @@ def test_worker_signal_order(qtbot, mnist):
     assert collapsed == ["compiling", "compiled", "batch", "epoch1", "batch", "epoch2", "finished"]
 
 
-def test_batch_signals_are_throttled_to_ten_a_second(qtbot, mnist):
+def test_batch_signals_are_throttled_to_ten_a_second(qtbot, workspace):
     config = Config.for_model("logreg", train_size=20000, test_size=100, batch_size=1, epochs=1)
-    worker = TrainingWorker(Trainer(create_model(config), mnist.subset(20000, 100)), epochs=1)
+    worker = TrainingWorker(workspace.training_job(workspace.prepare_run(config)))
     stamps = []
     worker.batch_progress.connect(lambda p: stamps.append(time.perf_counter()))
     with qtbot.waitSignal(worker.finished_run, timeout=120_000):
@@ -61,29 +69,31 @@ def test_batch_signals_are_throttled_to_ten_a_second(qtbot, mnist):
     assert len(stamps) >= 3 and gaps.min() >= 0.09
 
 
-def test_stop_takes_effect_within_one_batch(qtbot, mnist):
-    class CountingTrainer(Trainer):
+def test_stop_takes_effect_within_one_batch(qtbot, workspace):
+    class CountingJob(TrainingJob):
         calls = 0
 
         def compile(self):
+            fresh = self.trainer is None
             seconds = super().compile()
-            step = self._train_fn
+            if fresh:
+                step = self.trainer._train_fn
 
-            def counted(index):
-                CountingTrainer.calls += 1
-                return step(index)
+                def counted(index):
+                    CountingJob.calls += 1
+                    return step(index)
 
-            self._train_fn = counted
+                self.trainer._train_fn = counted
             return seconds
 
     config = Config.for_model("convnet", conv_filters=(8, 16), hidden_sizes=(32,), train_size=5000, test_size=100,
                               batch_size=16)
-    worker = TrainingWorker(CountingTrainer(create_model(config), mnist.subset(5000, 100)), epochs=1)
+    worker = TrainingWorker(CountingJob(workspace.prepare_run(config), epochs=1))
     at_stop = []
 
     def stop_now(progress):
         if not at_stop:
-            at_stop.append(CountingTrainer.calls)
+            at_stop.append(CountingJob.calls)
             worker.stop()
 
     worker.batch_progress.connect(stop_now)
@@ -91,8 +101,8 @@ def test_stop_takes_effect_within_one_batch(qtbot, mnist):
         worker.start()
     worker.wait()
     assert blocker.args == ["stopped"]
-    assert CountingTrainer.calls - at_stop[0] <= 1
-    assert CountingTrainer.calls < 5000 / 16 / 2
+    assert CountingJob.calls - at_stop[0] <= 1
+    assert CountingJob.calls < 5000 / 16 / 2
 
 
 # --- the window ---------------------------------------------------------------------------------
@@ -111,11 +121,26 @@ def test_short_training_updates_plot_table_gallery_confusion_and_filters(qtbot, 
     assert window.filters.tile_count == 64 and len(run.snapshots) == 2
 
 
+def test_epoch_slider_reads_snapshots_from_disk_and_feature_maps_arrive(qtbot, window):
+    run = _train(qtbot, window, Config.for_model("mlp", hidden_sizes=(16,), train_size=1000, test_size=100, epochs=3))
+    filters = window.filters
+    assert len(run.snapshots) == 3 and filters.epoch_slider.value() == 3
+    latest = filters.current_tiles().copy()
+    filters.epoch_slider.setValue(1)
+    assert "epoch 1 (snapshot 1 of 3)" in filters.epoch_label.text()
+    assert not np.array_equal(filters.current_tiles(), latest)
+    assert run.snapshots.bytes_in_memory == (784 * 16 + 16 * 10) * 4  # only the epoch shown
+    filters.mode_box.setCurrentIndex(filters.mode_box.findData("features"))
+    qtbot.waitUntil(lambda: filters.layer_box.findData("hidden1") >= 0, timeout=30_000)
+    filters.layer_box.setCurrentIndex(filters.layer_box.findData("hidden1"))
+    assert filters.tile_count == 1 and filters.current_tiles().shape == (1, 4, 4)
+
+
 def test_runs_overlay_and_hide(qtbot, window):
     first = _train(qtbot, window, Config.for_model("logreg", train_size=1000, test_size=200, epochs=2))
     second = _train(qtbot, window, Config.for_model("logreg", train_size=1000, test_size=200, epochs=2,
                                                     learning_rate=0.5))
-    assert window.runs_list.count() == 2 and first.color != second.color
+    assert window.runs_list.count() == 2 and run_color(first) != run_color(second)
     window.runs_list.item(0).setCheckState(QtCore.Qt.Unchecked)
     assert not window.plot.curves[first.key]["test"].isVisible()
     assert window.plot.curves[second.key]["test"].isVisible()
@@ -134,9 +159,12 @@ def test_exports(qtbot, window, tmp_path):
 def test_save_and_open_round_trip(qtbot, window, tmp_path):
     run = _train(qtbot, window, Config.for_model("logreg", train_size=2000, test_size=500, epochs=2, seed=5))
     path = str(tmp_path / "model.h5")
-    assert window._save_to(run, path)
-    with qtbot.waitSignal(window.predictions_ready, timeout=60_000):
-        opened = window.open_model(path)
+    with qtbot.waitSignal(window.saved, timeout=60_000):
+        assert window.save_to(run, path)
+    assert run.path == path and window.runs_list.item(0).text().startswith("model.h5")
+    with qtbot.waitSignal(window.predictions_ready, timeout=60_000) as blocker:
+        window.open_model(path)
+    opened = blocker.args[0]
     assert opened is not run and opened.config == run.config
     np.testing.assert_array_equal(opened.test_probs, run.test_probs)
     assert window.config_panel.config() == run.config
@@ -150,10 +178,11 @@ def test_save_and_open_round_trip(qtbot, window, tmp_path):
     assert [r.epoch for r in opened.history] == [1, 2, 3]
 
 
-def test_open_a_bad_file_shows_a_message_and_keeps_going(window, tmp_path):
+def test_open_a_bad_file_shows_a_message_and_keeps_going(qtbot, window, tmp_path):
     (tmp_path / "bad.h5").write_text("not a model")
-    assert window.open_model(str(tmp_path / "bad.h5")) is None
-    assert "not an HDF5 model file" in window.message_box.text()
+    window.open_model(str(tmp_path / "bad.h5"))
+    qtbot.waitUntil(lambda: window.message_box is not None, timeout=30_000)
+    assert "not an HDF5 model file" in window.message_box.text() and len(window.runs) == 0
     assert window.state == "idle" and window.start_action.isEnabled()
 
 
@@ -216,9 +245,11 @@ def test_close_during_training_asks_then_stops_cleanly(qtbot, window):
     window.config_panel.set_config(Config.for_model("logreg", train_size=30000, test_size=200, batch_size=4))
     with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=lambda s: s == "training"):
         window.start_training()
-    worker = window.worker
-    assert window.close()
-    assert asked and not worker.isRunning()
+    with qtbot.waitSignal(window.worker.finished, timeout=30_000):  # the thread stopped
+        window.close()
+        assert not window.isVisible()  # at once; it closes for good when the worker has stopped
+    qtbot.waitUntil(lambda: not window.tasks)
+    assert asked and not window.isVisible() and window.state == "stopped"
 
 
 def test_close_refused_keeps_training(qtbot, window):
@@ -316,7 +347,7 @@ def test_filter_viewer_tile_counts(qtbot, model, layer, channel, expected):
     weights = {k: v.get_value() for k, v in init_parameters(config).items()}
     view = FilterView()
     qtbot.addWidget(view)
-    view.set_run(config, [(1, weights)], np.zeros((3, 784), dtype=np.uint8))
+    view.set_run(config, [(1, weights)], np.zeros((3, 784), dtype=np.uint8), Workspace().layer_function(config))
     view.layer_box.setCurrentIndex(view.layer_box.findData(layer))
     if channel is not None:
         view.channel_box.setCurrentIndex(view.channel_box.findData(channel))
@@ -367,24 +398,26 @@ def test_settings_remember_the_configuration(qtbot, tmp_path):
     first = MainWindow(settings=QtCore.QSettings(path, QtCore.QSettings.IniFormat), data_dir=str(MNIST_DIR))
     qtbot.addWidget(first)
     first.config_panel.set_config(Config.for_model("convnet", epochs=7))
+    first._use_data_folder(str(MNIST_DIR))  # as the data dialog or File > Choose data folder does
     first.close()
     second = MainWindow(settings=QtCore.QSettings(path, QtCore.QSettings.IniFormat))
     qtbot.addWidget(second)
     assert second.config_panel.config() == Config.for_model("convnet", epochs=7)
-    assert second.data_dir == str(MNIST_DIR)
+    # Remembered as a preference (searched first), not as the only folder a --data would make it.
+    assert second.workspace.preferred_data_dir == str(MNIST_DIR) and second.data_dir is None
 
 
 def test_missing_data_offers_download_folder_or_fashion(qtbot, window, tmp_path):
     window.data_dir = str(tmp_path / "empty")
     (tmp_path / "empty").mkdir()
-    window.datasets.clear()
     window.config_panel.set_config(Config.for_model("logreg"))
     window.start_training()
+    qtbot.waitUntil(lambda: window.data_dialog is not None and window.data_dialog.isVisible(), timeout=30_000)
     dialog = window.data_dialog
-    assert dialog.isVisible() and "no MNIST files there" in dialog.findChild(QtWidgets.QLabel).text()
+    assert "no MNIST files there" in dialog.findChild(QtWidgets.QLabel).text()
     assert window.state == "idle" and not window.runs
     dialog.folder_chosen.emit(str(MNIST_DIR))
-    assert window.data_dir == str(MNIST_DIR)
+    assert window.workspace.preferred_data_dir == str(MNIST_DIR) and window.data_dir is None
     dialog.cancel()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PyQt5 import QtCore, QtWidgets
 
 from ..core import data
-from .worker import FunctionWorker
+from .worker import FunctionWorker, start_detached
 
 
 class DataDialog(QtWidgets.QDialog):
@@ -53,14 +53,14 @@ class DataDialog(QtWidgets.QDialog):
         def fetch(report):
             return str(data.fetch_dataset(self.name, target, progress=report, mirrors=mirrors))
 
-        self.worker = FunctionWorker(fetch, self)
+        self.worker = FunctionWorker(fetch)  # no parent: a cancelled download may outlive the dialog
         self.worker.progress.connect(self._progress)
         self.worker.done.connect(self._downloaded)
         self.worker.failed.connect(self._failed)
         self.download_button.setEnabled(False)
         self.folder_button.setEnabled(False)
         self.progress.show()
-        self.worker.start()
+        start_detached(self.worker)
 
     def _progress(self, args):
         filename, done, total = args
@@ -89,7 +89,13 @@ class DataDialog(QtWidgets.QDialog):
         self.accept()
 
     def cancel(self):
-        if self.worker is not None and self.worker.isRunning():
-            self.worker.cancel()
-            self.worker.wait()
         self.reject()
+
+    def reject(self):
+        """Close at once (also on Esc); a running download stops at its next chunk, leaving nothing partial."""
+        worker, self.worker = self.worker, None
+        if worker is not None and worker.isRunning():
+            worker.cancel()
+            for signal in (worker.progress, worker.done, worker.failed):
+                signal.disconnect()
+        super().reject()

@@ -1,4 +1,10 @@
-"""Filter and feature-map viewer: any layer's weights or activations as tiles, at any epoch."""
+"""Filter and feature-map viewer: any layer's weights or activations as tiles, at any epoch.
+
+Snapshots come as a sequence of (epoch, weights): a list, or a run's on-disk SnapshotStore, of
+which only the shown epoch is read. Activations come from a `layer_outputs(weights, images)`
+function the workspace provides per configuration (it may take a while to make, so it may arrive
+after the run: `set_layer_function`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
-from ..core.reference import forward
 from ..core.tiles import normalise, tile_grid, viewable_weight_layers, weight_tiles
 
 GAP_COLOUR = (225, 230, 240)
@@ -40,8 +45,10 @@ class FilterView(QtWidgets.QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.config = None
-        self.snapshots: list[tuple[int, dict[str, np.ndarray]]] = []  # (epoch, weights after it)
+        self.snapshots = []  # a sequence of (epoch, weights after it)
         self.test_images = None
+        self.layer_outputs = None  # f(weights, images) -> OrderedDict of every named layer
+        self._known_count = 0  # snapshots when the slider was last synced
         layout = QtWidgets.QVBoxLayout(self)
         controls = QtWidgets.QHBoxLayout()
         self.mode_box = QtWidgets.QComboBox()
@@ -83,17 +90,31 @@ class FilterView(QtWidgets.QWidget):
 
     # --- data in ----------------------------------------------------------------------------------
 
-    def set_run(self, config, snapshots, test_images) -> None:
+    def set_run(self, config, snapshots, test_images, layer_outputs=None) -> None:
         self.config = config
-        self.snapshots = list(snapshots)
+        self.snapshots = snapshots if hasattr(snapshots, "append") else list(snapshots)
         self.test_images = test_images
+        self.layer_outputs = layer_outputs
         self.image_spin.setRange(0, max(0, len(test_images) - 1) if test_images is not None else 0)
         self._fill_layers()
         self._sync_epochs(follow=True)
 
+    def set_layer_function(self, layer_outputs) -> None:
+        self.layer_outputs = layer_outputs
+        if self.mode_box.currentData() == "features":
+            self._fill_layers()
+
     def add_snapshot(self, epoch: int, weights) -> None:
-        following = self.epoch_slider.value() == len(self.snapshots)
+        """Append to a list of snapshots (a SnapshotStore is appended to by its training job)."""
+        following = self.epoch_slider.value() == self._known_count
         self.snapshots.append((epoch, weights))
+        self._snapshot_added(following)
+
+    def snapshot_added(self) -> None:
+        """The sequence given to set_run has grown by one."""
+        self._snapshot_added(self.epoch_slider.value() == self._known_count)
+
+    def _snapshot_added(self, following: bool) -> None:
         if self.layer_box.count() == 0:
             self._fill_layers()
         self._sync_epochs(follow=following)
@@ -105,7 +126,7 @@ class FilterView(QtWidgets.QWidget):
     # --- controls ---------------------------------------------------------------------------------
 
     def _sync_epochs(self, follow: bool) -> None:
-        count = len(self.snapshots)
+        count = self._known_count = len(self.snapshots)
         self.epoch_slider.blockSignals(True)
         self.epoch_slider.setMaximum(max(1, count))
         self.epoch_slider.setEnabled(count > 1)
@@ -119,12 +140,12 @@ class FilterView(QtWidgets.QWidget):
         previous = self.layer_box.currentData()
         self.layer_box.clear()
         if self.config is not None and self.snapshots and self.config.model != "knn":
-            latest = self.snapshots[-1][1]
+            shown = self._shown_weights()
             if self.mode_box.currentData() == "weights":
-                for name in viewable_weight_layers(self.config, latest):
+                for name in viewable_weight_layers(self.config, shown):
                     self.layer_box.addItem(name, name)
-            else:
-                sample = forward(self.config, latest, np.zeros((1, 784), dtype=np.uint8))
+            elif self.layer_outputs is not None:
+                sample = self.layer_outputs(shown, np.zeros((1, 784), dtype=np.uint8))
                 for name in sample:
                     if name not in ("logits", "probs"):
                         self.layer_box.addItem(name, name)
@@ -141,7 +162,7 @@ class FilterView(QtWidgets.QWidget):
         self.channel_box.blockSignals(True)
         self.channel_box.clear()
         layer = self.layer_box.currentData()
-        weights = self.snapshots[-1][1] if self.snapshots else {}
+        weights = self._shown_weights() if self.snapshots else {}
         value = weights.get(layer) if self.mode_box.currentData() == "weights" else None
         deep_conv = value is not None and value.ndim == 4 and value.shape[1] > 1
         if deep_conv:
@@ -154,23 +175,29 @@ class FilterView(QtWidgets.QWidget):
 
     # --- drawing ----------------------------------------------------------------------------------
 
+    def _shown_index(self) -> int:
+        return min(self.epoch_slider.value(), len(self.snapshots)) - 1
+
+    def _shown_weights(self) -> dict:
+        return self.snapshots[self._shown_index()][1]
+
     def current_tiles(self) -> np.ndarray | None:
         """The (n, h, w) tiles now shown, or None when there is nothing to show."""
         if not self.snapshots or self.config is None or self.layer_box.count() == 0:
             return None
-        weights = self.snapshots[self.epoch_slider.value() - 1][1]
+        weights = self._shown_weights()
         layer = self.layer_box.currentData()
         if self.mode_box.currentData() == "weights":
             return weight_tiles(self.config, weights, layer, self.channel_box.currentData())
-        if self.test_images is None:
+        if self.test_images is None or self.layer_outputs is None:
             return None
         image = self.test_images[self.image_spin.value()].reshape(1, -1)
-        return activation_tiles(forward(self.config, weights, image)[layer][0])
+        return activation_tiles(self.layer_outputs(weights, image)[layer][0])
 
     def redraw(self) -> None:
         count = len(self.snapshots)
         if count:
-            epoch = self.snapshots[self.epoch_slider.value() - 1][0]
+            epoch = self.snapshots[self._shown_index()][0]
             self.epoch_label.setText(f"epoch {epoch} (snapshot {self.epoch_slider.value()} of {count})")
         else:
             self.epoch_label.setText("no epochs yet")
@@ -178,8 +205,12 @@ class FilterView(QtWidgets.QWidget):
         if tiles is None:
             self.image.clear()
             self.tile_count = 0
-            self.info.setText("Train or open a model to see its filters." if self.config is None or
-                              self.config.model != "knn" else "kNN has no learned weights.")
+            if self.config is not None and self.config.model == "knn":
+                self.info.setText("kNN has no learned weights.")
+            elif self.snapshots and self.mode_box.currentData() == "features" and self.layer_outputs is None:
+                self.info.setText("Preparing the feature maps…")
+            else:
+                self.info.setText("Train or open a model to see its filters.")
             return
         self.tile_count = len(tiles)
         self.image.setImage(tiles_to_rgb(tiles))

@@ -1,89 +1,105 @@
-"""The main window: configuration on the left, training, gallery, confusion and filters in tabs."""
+"""The main window: configuration on the left, training, gallery, confusion and filters in tabs.
+
+The runs, datasets and files live in a Qt-free `Workspace`; the views follow its events. Whatever
+may take more than a moment (loading a dataset, opening or saving a model file, building and
+compiling a model, making the feature-map function) runs in a background thread, and closing
+while one runs hides the window at once and finishes closing when the threads are done.
+"""
 
 from __future__ import annotations
 
-import csv
-import math
-from dataclasses import dataclass, field
+import atexit
+import gc
+import traceback
 from pathlib import Path
 
 import numpy as np
-from PyQt5 import QtCore, QtGui, QtWidgets
+from PyQt5 import QtCore, QtWidgets
 
 from .. import __version__
 from ..core import data as data_module
 from ..core.backend import BACKEND_TITLES, resolve_backend
-from ..core.config import MODEL_TITLES, Config
-from ..core.data import Dataset
+from ..core.config import Config
 from ..core.errors import ConfigError, MnistguiError
-from ..core.modelfile import load_model, save_model
-from ..core.training import Evaluation, Model, NeuralModel, Trainer, create_model
+from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace, warm_up
 from .config_panel import ConfigPanel
 from .confusion import ConfusionView
 from .data_dialog import DataDialog
 from .filters import FilterView
 from .gallery import DigitDetail, GalleryView
-from .plots import PALETTE, TrainingPlot
-from .worker import EvaluationWorker, TrainingWorker
+from .runs_panel import RunsPanel
+from .training_controller import RUNNING, TrainingController
+from .training_view import TrainingView
+from .window_actions import about_text, install_actions
+from .worker import Task, TrainingWorker, describe, start_detached
 
 MAX_RECENT = 8
+STATE_TITLES = {"idle": "Ready", "compiling": "Compiling", "training": "Training", "paused": "Paused",
+                "stopping": "Stopping", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
+                "loading": "Loading", "saving": "Saving"}
 
 
-@dataclass
-class Run:
-    """One training run of this session, or a model opened from a file."""
+_warmed_up = False
 
-    key: int
-    model: Model
-    dataset: Dataset  # the subset it trains and is evaluated on
-    color: str
-    snapshots: list = field(default_factory=list)  # (epoch, weights) after each epoch
-    test_probs: np.ndarray | None = None
-    path: str | None = None
 
-    @property
-    def config(self) -> Config:
-        return self.model.config
+def _freeze_long_lived_objects():
+    """Keep the objects alive now (modules, widgets, the compiler's caches) out of the garbage
+    collector's full passes.
 
-    @property
-    def history(self):
-        return self.model.history
-
-    @property
-    def name(self) -> str:
-        label = Path(self.path).name if self.path else f"run {self.key}"
-        return f"{label}: {MODEL_TITLES[self.config.model]}"
+    A full pass holds the GIL throughout, whichever thread triggers it, and a worker building a
+    graph triggers several: over the window's 230,000-odd objects each one stalled the event loop
+    for about 180 ms. Warming the compiler up first puts what its first use imports among them.
+    """
+    global _warmed_up
+    if not _warmed_up:
+        try:
+            warm_up()
+        except Exception:  # only a head start: a real compilation reports any problem properly
+            traceback.print_exc()
+        # Frozen objects are skipped by the collection at exit too, and PyQt's widgets then die in
+        # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
+        atexit.register(gc.unfreeze)
+        _warmed_up = True
+    gc.collect()
+    gc.freeze()
 
 
 class MainWindow(QtWidgets.QMainWindow):
     state_changed = QtCore.pyqtSignal(str)
-    predictions_ready = QtCore.pyqtSignal(object)  # the Run whose test predictions just arrived
+    predictions_ready = QtCore.pyqtSignal(object)  # the Run of an opened file, once its predictions are in
+    saved = QtCore.pyqtSignal(str)  # the path a run was saved to
 
     def __init__(self, settings: QtCore.QSettings | None = None, data_dir: str | None = None):
         super().__init__()
         self.settings = settings or QtCore.QSettings()
-        self.runs: list[Run] = []
+        self.workspace = Workspace(data_dir=data_dir, preferred_data_dir=self.settings.value("data_dir", None) or None)
         self.current: Run | None = None
-        self.worker: TrainingWorker | None = None
-        self.evaluator: EvaluationWorker | None = None
-        self.datasets: dict[str, Dataset] = {}
-        self.data_dir = data_dir or self.settings.value("data_dir", None) or None
+        self.training = TrainingController(self.workspace, self)
+        self.training.state_changed.connect(self._set_state)
+        self.training.status_message.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        self.training.failed.connect(
+            lambda message: self.show_message("Training failed", message, QtWidgets.QMessageBox.Critical))
+        self.tasks: set[QtCore.QThread] = set()
         self.state = "idle"
         self.detail: DigitDetail | None = None
         self.message_box: QtWidgets.QMessageBox | None = None
-        self._compile_started = QtCore.QElapsedTimer()
-        self._compile_timer = QtCore.QTimer(self, interval=200, timeout=self._show_compile_time)
+        self.data_dialog: DataDialog | None = None
+        self._closing = False
         self.setWindowTitle(f"mnistgui {__version__}")
         self.resize(1280, 820)
         self._build_widgets()
-        self._build_actions()
+        install_actions(self)
         self._restore_settings()
+        self._shown_dataset = self._panel_dataset()  # the first load waits for Start or app start-up
+        self.workspace.subscribe(self._on_event)
         self._set_state("idle")
+        _freeze_long_lived_objects()
 
     # --- construction ------------------------------------------------------------------------------
 
     def _build_widgets(self):
         self.config_panel = ConfigPanel()
+        self.config_panel.changed.connect(self._preload_dataset)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(self.config_panel)
         scroll.setWidgetResizable(True)
@@ -95,10 +111,8 @@ class MainWindow(QtWidgets.QMainWindow):
         dock.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable | QtWidgets.QDockWidget.DockWidgetFloatable)
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, dock)
 
-        self.runs_list = QtWidgets.QListWidget()
-        self.runs_list.setToolTip("Tick to show a run's curves; select to inspect it")
-        self.runs_list.itemChanged.connect(self._run_item_changed)
-        self.runs_list.currentRowChanged.connect(self._run_selected)
+        self.runs_list = RunsPanel(self.workspace)
+        self.runs_list.run_chosen.connect(self._run_chosen)
         runs_dock = QtWidgets.QDockWidget("Runs", self)
         runs_dock.setObjectName("runs")
         runs_dock.setWidget(self.runs_list)
@@ -106,26 +120,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.resizeDocks([dock, runs_dock], [620, 140], QtCore.Qt.Vertical)
 
         self.tabs = QtWidgets.QTabWidget()
-        training = QtWidgets.QWidget()
-        layout = QtWidgets.QVBoxLayout(training)
-        row = QtWidgets.QHBoxLayout()
-        self.log_scale = QtWidgets.QCheckBox("Log scale")
-        self.log_scale.toggled.connect(lambda on: self.plot.set_log_scale(on))
-        row.addWidget(self.log_scale)
-        row.addStretch(1)
-        layout.addLayout(row)
-        self.plot = TrainingPlot()
-        splitter = QtWidgets.QSplitter(QtCore.Qt.Vertical)
-        splitter.addWidget(self.plot)
-        self.epoch_table = QtWidgets.QTableWidget(0, 6)
-        self.epoch_table.setHorizontalHeaderLabels(["epoch", "train error", "test error", "cost", "seconds", "images/s"])
-        self.epoch_table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
-        self.epoch_table.verticalHeader().hide()
-        self.epoch_table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
-        splitter.addWidget(self.epoch_table)
-        splitter.setSizes([520, 160])
-        layout.addWidget(splitter, 1)
-        self.tabs.addTab(training, "Training")
+        self.training_view = TrainingView(self.workspace)
+        self.plot, self.epoch_table = self.training_view.plot, self.training_view.epoch_table
+        self.runs_list.visibility_changed.connect(self.plot.set_run_visible)
+        self.tabs.addTab(self.training_view, "Training")
         self.gallery = GalleryView()
         self.gallery.image_activated.connect(self.show_detail)
         self.tabs.addTab(self.gallery, "Gallery")
@@ -139,78 +137,11 @@ class MainWindow(QtWidgets.QMainWindow):
         status = self.statusBar()
         self.state_label = QtWidgets.QLabel()
         self.state_label.setMinimumWidth(260)
-        self.progress = QtWidgets.QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setMaximumWidth(260)
-        self.progress.setTextVisible(True)
-        self.rate_label = QtWidgets.QLabel()
-        self.rate_label.setMinimumWidth(360)  # text changes then never resize, so never relayout, the window
         self.backend_label = QtWidgets.QLabel()
         status.addWidget(self.state_label)
-        status.addWidget(self.progress)
-        status.addWidget(self.rate_label, 1)
+        status.addWidget(self.training.progress)
+        status.addWidget(self.training.rate_label, 1)
         status.addPermanentWidget(self.backend_label)
-
-    def _action(self, text, slot, shortcut=None, tip=None, checkable=False):
-        action = QtWidgets.QAction(text, self)
-        if shortcut:
-            action.setShortcut(QtGui.QKeySequence(shortcut))
-        if tip:
-            action.setStatusTip(tip)
-            action.setToolTip(f"{tip} ({QtGui.QKeySequence(shortcut).toString()})" if shortcut else tip)
-        action.setCheckable(checkable)
-        action.triggered.connect(slot)
-        self.addAction(action)
-        return action
-
-    def _build_actions(self):
-        self.start_action = self._action("&Start", self.start_training, "F5", "Train a new run with this configuration")
-        self.pause_action = self._action("&Pause", self.toggle_pause, "F6", "Pause or resume training")
-        self.stop_action = self._action("S&top", self.stop_training, "Esc", "Stop within one batch")
-        self.stop_after_action = self._action("Stop after this &epoch", self._stop_after_epoch, None,
-                                              "Finish the current epoch, then stop", checkable=True)
-        self.continue_action = self._action("&Resume training", self.continue_training, "Shift+F5",
-                                            "Train the selected run for more epochs, exactly where it stopped")
-        self.open_action = self._action("&Open model…", self.open_dialog, QtGui.QKeySequence.Open, "Open a model file")
-        self.save_action = self._action("&Save model", self.save, QtGui.QKeySequence.Save, "Save the selected run")
-        self.save_as_action = self._action("Save model &as…", self.save_as, QtGui.QKeySequence.SaveAs)
-        self.export_csv_action = self._action("Export histories as &CSV…", self.export_csv)
-        self.export_plot_action = self._action("Export plot as PNG or S&VG…", self.export_plot)
-        self.data_action = self._action("Choose &data folder…", self.choose_data_folder)
-        self.quit_action = self._action("&Quit", self.close, QtGui.QKeySequence.Quit)
-        self.about_action = self._action("&About mnistgui", self.about)
-
-        menu = self.menuBar().addMenu("&File")
-        menu.addAction(self.open_action)
-        self.recent_menu = menu.addMenu("Open &recent")
-        menu.addAction(self.save_action)
-        menu.addAction(self.save_as_action)
-        menu.addSeparator()
-        menu.addAction(self.export_csv_action)
-        menu.addAction(self.export_plot_action)
-        menu.addSeparator()
-        menu.addAction(self.data_action)
-        menu.addSeparator()
-        menu.addAction(self.quit_action)
-        menu = self.menuBar().addMenu("&Train")
-        for action in (self.start_action, self.pause_action, self.stop_action, self.stop_after_action,
-                       self.continue_action):
-            menu.addAction(action)
-        self.menuBar().addMenu("&Help").addAction(self.about_action)
-
-        toolbar = self.addToolBar("Training")
-        toolbar.setObjectName("training-toolbar")
-        toolbar.setToolButtonStyle(QtCore.Qt.ToolButtonTextBesideIcon)
-        style = self.style()
-        for action, icon in ((self.start_action, QtWidgets.QStyle.SP_MediaPlay),
-                             (self.pause_action, QtWidgets.QStyle.SP_MediaPause),
-                             (self.stop_action, QtWidgets.QStyle.SP_MediaStop),
-                             (self.continue_action, QtWidgets.QStyle.SP_MediaSeekForward),
-                             (self.open_action, QtWidgets.QStyle.SP_DialogOpenButton),
-                             (self.save_action, QtWidgets.QStyle.SP_DialogSaveButton)):
-            action.setIcon(style.standardIcon(icon))
-            toolbar.addAction(action)
-        toolbar.addAction(self.stop_after_action)
 
     # --- settings ----------------------------------------------------------------------------------
 
@@ -236,8 +167,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.settings.setValue("config", self.config_panel.config().to_json())
         except (ConfigError, ValueError):
             pass
-        if self.data_dir:
-            self.settings.setValue("data_dir", str(self.data_dir))
+        if self.workspace.preferred_data_dir:
+            self.settings.setValue("data_dir", str(self.workspace.preferred_data_dir))
         self.settings.sync()
 
     def recent_files(self) -> list[str]:
@@ -245,7 +176,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return [value] if isinstance(value, str) else list(value)
 
     def _remember(self, path: str):
-        files = [str(Path(path).resolve())] + [f for f in self.recent_files() if f != str(Path(path).resolve())]
+        resolved = str(Path(path).resolve())
+        files = [resolved] + [f for f in self.recent_files() if f != resolved]
         self.settings.setValue("recent_files", files[:MAX_RECENT])
         self._rebuild_recent_menu()
 
@@ -256,34 +188,63 @@ class MainWindow(QtWidgets.QMainWindow):
             self.recent_menu.addAction(path, lambda p=path: self.open_model(p))
         self.recent_menu.setEnabled(bool(files))
 
-    # --- state -------------------------------------------------------------------------------------
+    # --- state and background work ------------------------------------------------------------------
+
+    @property
+    def runs(self) -> list[Run]:
+        return self.workspace.runs
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None and self.worker.isRunning()
+        return self.training.busy
+
+    @property
+    def worker(self) -> TrainingWorker | None:
+        return self.training.worker
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.workspace.data_dir
+
+    @data_dir.setter
+    def data_dir(self, folder: str | None):
+        self.workspace.set_data_folders(folder, self.workspace.preferred_data_dir)
 
     def _set_state(self, state: str, detail: str = ""):
         self.state = state
-        titles = {"idle": "Ready", "compiling": "Compiling", "training": "Training", "paused": "Paused",
-                  "stopping": "Stopping", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
-                  "loading": "Loading"}
-        self.state_label.setText(f"<b>{titles.get(state, state)}</b> {detail}".strip())
-        running = state in ("compiling", "training", "paused", "stopping")
-        self.start_action.setEnabled(not running and state != "loading")
-        self.continue_action.setEnabled(not running and self.current is not None
-                                        and self.current.config.is_trainable)
+        self.state_label.setText(f"<b>{STATE_TITLES.get(state, state)}</b> {detail}".strip())
+        running = state in RUNNING
+        waiting = state in ("loading", "saving")
+        have_run = self.current is not None and not waiting
+        self.start_action.setEnabled(not running and not waiting)
+        self.continue_action.setEnabled(not running and have_run and self.current.config.is_trainable)
         self.pause_action.setEnabled(state in ("training", "paused"))
         self.pause_action.setText("&Resume" if state == "paused" else "&Pause")
         self.stop_action.setEnabled(state in ("compiling", "training", "paused"))
         self.stop_after_action.setEnabled(state in ("compiling", "training", "paused"))
-        self.save_action.setEnabled(not running and self.current is not None)
-        self.save_as_action.setEnabled(not running and self.current is not None)
-        self.open_action.setEnabled(not running)
-        self.config_panel.setEnabled(not running)
+        self.save_action.setEnabled(not running and have_run)
+        self.save_as_action.setEnabled(not running and have_run)
+        self.open_action.setEnabled(not running and not waiting)
+        self.config_panel.setEnabled(not running and not waiting)
         self.state_changed.emit(state)
 
-    def _show_compile_time(self):
-        self._set_state("compiling", f"the graph… {self._compile_started.elapsed() / 1000:.0f} s")
+    def _in_background(self, function, done, failed=None) -> Task:
+        """Run `function()` in a thread; `done(result)` or `failed(exception)` in this one."""
+        task = Task(function)
+        task.done.connect(done)
+        task.failed.connect(failed or (lambda exc: self.show_message("Error", describe(exc))))
+        self._track(task)
+        return task
+
+    def _track(self, thread: QtCore.QThread) -> None:
+        self.tasks.add(thread)
+        thread.finished.connect(lambda t=thread: self._thread_finished(t))
+        start_detached(thread)
+
+    def _thread_finished(self, thread) -> None:
+        self.tasks.discard(thread)
+        if self._closing and not any(t.isRunning() for t in self.tasks):
+            QtCore.QTimer.singleShot(0, self.close)
 
     def show_message(self, title: str, text: str, icon=QtWidgets.QMessageBox.Warning):
         """A non-blocking message box: the event loop, and training, go on while it is open."""
@@ -301,22 +262,42 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # --- data --------------------------------------------------------------------------------------
 
-    def dataset(self, name: str) -> Dataset | None:
-        """The dataset, loaded once; None (after offering the ways out) when it is not found."""
-        if name in self.datasets:
-            return self.datasets[name]
+    def dataset(self, name: str, then=None) -> None:
+        """Load `name` in the background if needed, then call `then(dataset)`; offer the ways out if not found."""
+        cached = self.workspace.cached_dataset(name)
+        if cached is not None:
+            if then:
+                then(cached)
+            return
+        self._in_background(lambda: self.workspace.dataset(name), then or (lambda dataset: None),
+                            lambda exc: self._data_failed(name, exc))
+
+    def _panel_dataset(self) -> str | None:
         try:
-            dataset = data_module.load_dataset(name, self.data_dir)
-        except data_module.DataNotFoundError as exc:
+            return self.config_panel.config().dataset
+        except (ConfigError, ValueError):
+            return None
+
+    def _preload_dataset(self):
+        """Switching the dataset loads it now, in the background, so that Start finds it ready."""
+        name = self._panel_dataset()
+        if name is None or name == self._shown_dataset:
+            return
+        self._shown_dataset = name
+        if self.workspace.cached_dataset(name) is None:
+            self._in_background(lambda: self.workspace.dataset(name), lambda dataset: None, lambda exc: None)
+
+    def _data_failed(self, name: str, exc: Exception):
+        if self.state == "loading":
+            self._set_state("idle")
+        if isinstance(exc, data_module.DataNotFoundError):
             self.offer_data(name, str(exc))
-            return None
-        except MnistguiError as exc:
-            self.show_message("Data problem", str(exc))
-            return None
-        self.datasets[name] = dataset
-        return dataset
+        else:
+            self.show_message("Data problem", describe(exc))
 
     def offer_data(self, name: str, reason: str):
+        if self.data_dialog is not None and self.data_dialog.isVisible():
+            return
         dialog = DataDialog(name, reason, self)
         dialog.folder_chosen.connect(self._use_data_folder)
         dialog.dataset_chosen.connect(self._use_other_dataset)
@@ -324,205 +305,108 @@ class MainWindow(QtWidgets.QMainWindow):
         self.data_dialog = dialog
 
     def _use_data_folder(self, folder: str):
-        self.data_dir = folder
-        self.datasets.clear()
+        """A folder the user chose: preferred from now on (and remembered), not the only place searched."""
+        self.workspace.set_data_folders(None, folder)
         self.settings.setValue("data_dir", folder)
         self.statusBar().showMessage(f"data folder: {folder}", 5000)
 
     def _use_other_dataset(self, name: str):
-        config = self.config_panel.config().replace(dataset=name)
-        self.config_panel.set_config(config)
+        self.config_panel.set_config(self.config_panel.config().replace(dataset=name))
 
     def choose_data_folder(self):
-        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Folder with the MNIST files", self.data_dir or "")
+        start = self.workspace.preferred_data_dir or self.workspace.data_dir or ""
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Folder with the MNIST files", start)
         if folder:
             self._use_data_folder(folder)
 
-    # --- runs --------------------------------------------------------------------------------------
+    # --- runs and views -----------------------------------------------------------------------------
 
-    def _add_run(self, model: Model, dataset: Dataset, path: str | None = None) -> Run:
-        key = len(self.runs) + 1
-        run = Run(key, model, dataset, PALETTE[(key - 1) % len(PALETTE)], path=path)
-        self.runs.append(run)
-        item = QtWidgets.QListWidgetItem(run.name)
-        item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
-        item.setCheckState(QtCore.Qt.Checked)
-        item.setForeground(QtGui.QColor(run.color))
-        item.setData(QtCore.Qt.UserRole, key)
-        self.runs_list.blockSignals(True)
-        self.runs_list.addItem(item)
-        self.runs_list.setCurrentItem(item)
-        self.runs_list.blockSignals(False)
-        self.plot.update_run(key, run.name, run.color, run.history)
+    def _on_event(self, event):
+        run = event.run
+        if isinstance(event, EpochAdded) and run is self.current and run.config.is_trainable:
+            self.filters.snapshot_added()
+        elif isinstance(event, PredictionsReady) and run is self.current:
+            self._show_predictions(run)
+
+    def _run_chosen(self, run: Run):
+        """The user selected a run: show it, with its settings in the panel for Resume training."""
+        if self.state in RUNNING or self.state == "saving":
+            return
         self._select(run)
-        return run
-
-    def _run_item_changed(self, item):
-        self.plot.set_run_visible(item.data(QtCore.Qt.UserRole), item.checkState() == QtCore.Qt.Checked)
-
-    def _run_selected(self, row: int):
-        if 0 <= row < len(self.runs) and not self.busy:
-            self._select(self.runs[row])
+        self.config_panel.set_config(run.config)
 
     def _select(self, run: Run):
         self.current = run
         dataset = run.dataset
         self.gallery.set_dataset(dataset.test_images, dataset.test_labels, dataset.class_names)
         self.confusion.set_class_names(dataset.class_names)
-        self.filters.set_run(run.config, run.snapshots, dataset.test_images.reshape(len(dataset.test_images), -1))
-        self._fill_epoch_table(run)
+        self.filters.set_run(run.config, run.snapshots, dataset.test_images.reshape(len(dataset.test_images), -1),
+                             self.workspace.cached_layer_function(run.config))
+        if run.config.is_trainable and self.filters.layer_outputs is None:
+            config = run.config
+            self._in_background(lambda: self.workspace.layer_function(config),
+                                lambda function: self.current is not None and self.current.config == config
+                                and self.filters.set_layer_function(function))
+        self.training_view.show_run(run)
         self._show_predictions(run)
-        backend = getattr(run.model, "backend", "numpy")
-        self.backend_label.setText(f"backend: {BACKEND_TITLES.get(backend, backend)}")
-        self._set_state(self.state if self.busy else "idle")
-
-    def _fill_epoch_table(self, run: Run):
-        self.epoch_table.setRowCount(0)
-        for result in run.history:
-            self._append_epoch_row(result)
-
-    def _append_epoch_row(self, result):
-        row = self.epoch_table.rowCount()
-        self.epoch_table.insertRow(row)
-
-        def fmt(value, kind):
-            if isinstance(value, float) and math.isnan(value):
-                return "–"
-            return {"pct": f"{value:.2%}", "f": f"{value:.4f}", "s": f"{value:.2f}", "n": f"{value:,.0f}"}.get(kind, str(value))
-
-        values = [(result.epoch, "i"), (result.train_error, "pct"), (result.test_error, "pct"), (result.cost, "f"),
-                  (result.seconds, "s"), (result.images_per_second, "n")]
-        for column, (value, kind) in enumerate(values):
-            item = QtWidgets.QTableWidgetItem(fmt(value, kind))
-            item.setTextAlignment(QtCore.Qt.AlignRight | QtCore.Qt.AlignVCenter)
-            self.epoch_table.setItem(row, column, item)
-        self.epoch_table.scrollToBottom()
+        self.backend_label.setText(f"backend: {BACKEND_TITLES.get(run.backend, run.backend)}")
+        self._set_state(self.state if self.state in RUNNING + ("loading", "saving") else "idle")
 
     def _show_predictions(self, run: Run):
-        if run.test_probs is None:
-            self.gallery.set_probs(None)
-            self.confusion.set_matrix(np.zeros((10, 10), dtype=np.int64))
-            return
-        evaluation = Evaluation(run.test_probs, np.asarray(run.dataset.test_labels, dtype=np.int64))
-        self.gallery.set_probs(run.test_probs)
-        self.confusion.set_matrix(evaluation.confusion())
+        evaluation = run.evaluation()
+        self.gallery.set_probs(None if evaluation is None else evaluation.probs)
+        self.confusion.set_matrix(np.zeros((10, 10), dtype=np.int64) if evaluation is None else evaluation.confusion())
 
     # --- training ----------------------------------------------------------------------------------
 
     def start_training(self):
-        if self.busy:
+        if self.busy or self.state in ("loading", "saving"):
             return
         try:
             config = self.config_panel.config()
-            backend = resolve_backend(config.backend)
+            config.validate()
+            resolve_backend(config.backend)
         except (ConfigError, ValueError) as exc:
             self.show_message("Configuration", str(exc))
             return
-        full = self.dataset(config.dataset)
-        if full is None:
+        if self.workspace.cached_dataset(config.dataset) is None:
+            self._set_state("loading", f"the {data_module.DATASET_TITLES[config.dataset]} data set…")
+        self.dataset(config.dataset, lambda dataset: self._start_run(config))
+
+    def _start_run(self, config: Config):
+        if self._closing:
             return
-        model = create_model(config)
-        run = self._add_run(model, full.subset(config.train_size, config.test_size))
-        self.backend_label.setText(f"backend: {BACKEND_TITLES.get(backend, 'NumPy') if config.is_trainable else 'NumPy'}")
-        self._launch(run, config.epochs)
+        run = self.workspace.new_run(config)  # the dataset is loaded: instant
+        self._select(run)
+        self._launch(run, self.workspace.training_job(run))
 
     def continue_training(self):
         run = self.current
-        if self.busy or run is None or not run.config.is_trainable:
+        if self.busy or run is None or not run.config.is_trainable or self.state in ("loading", "saving"):
             return
         epochs = self.config_panel.widgets["epochs"].value()
-        self._launch(run, epochs)
+        try:
+            wanted = self.config_panel.config()
+            changes = {name: getattr(wanted, name) for name in Config.__dataclass_fields__
+                       if getattr(wanted, name) != getattr(run.config, name) and name != "epochs"}
+            job = self.workspace.resume(run, epochs, changes)
+        except (ConfigError, ValueError, MnistguiError) as exc:
+            self.show_message("Cannot resume", str(exc))
+            return
+        self._launch(run, job)
 
-    def _launch(self, run: Run, epochs: int):
+    def _launch(self, run: Run, job):
         self.stop_after_action.setChecked(False)
-        self.progress.setValue(0)
-        self.rate_label.clear()
-        worker = TrainingWorker(Trainer(run.model, run.dataset), epochs, self)
-        self._epochs_target = run.model.epochs_done + epochs
-        self._shown_epoch = None
-        worker.compiling.connect(self._on_compiling)
-        worker.compiled.connect(self._on_compiled)
-        worker.batch_progress.connect(self._on_batch)
-        worker.epoch_finished.connect(lambda snapshot, r=run: self._on_epoch(r, snapshot))
-        worker.finished_run.connect(self._on_finished)
-        worker.failed.connect(self._on_failed)
-        worker.finished.connect(worker.deleteLater)  # else, parented to the window, each run's model lives on
-        self.worker = worker
-        self._set_state("compiling" if run.config.is_trainable else "training",
-                        "" if run.config.is_trainable else "nearest neighbours over the test set")
-        worker.start()
-
-    def _on_compiling(self):
-        self._compile_started.start()
-        self._compile_timer.start()
-        self._show_compile_time()
-
-    def _on_compiled(self, seconds: float):
-        self._compile_timer.stop()
-        self.statusBar().showMessage(f"compiled in {seconds:.1f} s", 4000)
-        self._set_state("training", f"epoch {self.current.model.epochs_done + 1} of {self._epochs_target}")
-
-    def _on_batch(self, progress):
-        # Touch only the two status widgets: a relayout or a repaint of the plots here holds the GIL
-        # the training thread needs, and at 10 updates a second slowed training by 40%.
-        self.progress.setValue(int(progress.fraction * 1000))
-        eta = "" if math.isnan(progress.eta_seconds) else f"ETA {progress.eta_seconds:.0f} s · "
-        cost = "" if math.isnan(progress.cost) else f" · cost {progress.cost:.4f}"
-        self.rate_label.setText(f"{eta}{progress.images_per_second:,.0f} images/s{cost}")
-        if progress.epoch != self._shown_epoch and self.state == "training" and self.current.config.is_trainable:
-            self._shown_epoch = progress.epoch
-            self._set_state("training", f"epoch {progress.epoch} of {self._epochs_target}")
-
-    def _on_epoch(self, run: Run, snapshot):
-        result = snapshot.result
-        run.test_probs = snapshot.test_probs
-        if snapshot.weights:
-            run.snapshots.append((result.epoch, snapshot.weights))
-            if run is self.current:
-                self.filters.add_snapshot(result.epoch, snapshot.weights)
-        self.plot.update_run(run.key, run.name, run.color, run.history)
-        if run is self.current:
-            self._append_epoch_row(result)
-            self._show_predictions(run)
-        self.statusBar().showMessage(
-            f"epoch {result.epoch}: test error {result.test_error:.2%}, {result.seconds:.1f} s", 5000)
-
-    def _on_finished(self, how: str):
-        self._compile_timer.stop()
-        run = self.current
-        if how == "stopped":
-            detail = f"at the end of epoch {run.model.epochs_done}" if run else ""
-        else:
-            detail = f"{run.model.epochs_done} epochs" if run and run.config.is_trainable else ""
-        self.worker = None
-        self._set_state(how, detail)
-
-    def _on_failed(self, message: str):
-        self._compile_timer.stop()
-        self.worker = None
-        run = self.current
-        detail = f"the model is kept at epoch {run.model.epochs_done}" if run else ""
-        self._set_state("failed", detail)
-        self.show_message("Training failed", message, QtWidgets.QMessageBox.Critical)
+        self.training.launch(run, job, self._track)
 
     def toggle_pause(self):
-        if not self.busy:
-            return
-        if self.worker.control.paused:
-            self.worker.resume()
-            self._set_state("training", f"epoch {self.current.model.epochs_done + 1} of {self._epochs_target}")
-        else:
-            self.worker.pause()
-            self._set_state("paused", "between batches")
+        self.training.toggle_pause()
 
     def stop_training(self):
-        if self.busy:
-            self.worker.stop()
-            self._set_state("stopping", "after this batch")
+        self.training.stop()
 
-    def _stop_after_epoch(self, checked: bool):
-        if self.busy:
-            self.worker.stop_after_epoch(checked)
+    def stop_after_epoch(self, checked: bool):
+        self.training.stop_after_epoch(checked)
 
     # --- gallery, confusion, detail -----------------------------------------------------------------
 
@@ -552,45 +436,42 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.open_model(path)
 
-    def open_model(self, path: str) -> Run | None:
-        if self.busy:
-            return None
-        try:
-            model, header = load_model(path)
-        except MnistguiError as exc:
-            self.show_message("Cannot open model", str(exc))
-            return None
-        full = self.dataset(model.config.dataset)
-        if full is None:
-            return None
-        run = self._add_run(model, full.subset(model.config.train_size, model.config.test_size), path=path)
-        if isinstance(model, NeuralModel):
-            run.snapshots.append((model.epochs_done, model.weights()))
-            self.filters.set_run(run.config, run.snapshots, run.dataset.test_images.reshape(len(run.dataset.test_images), -1))
-        self.config_panel.set_config(model.config)
-        self._remember(path)
-        self._set_state("loading", f"predicting {len(run.dataset.test_labels):,} test images")
-        self.evaluator = EvaluationWorker(model, run.dataset.test_images, self)
-        self.evaluator.done.connect(lambda probs, r=run: self._on_evaluated(r, probs))
-        self.evaluator.failed.connect(lambda message: (self._set_state("failed"), self.show_message("Cannot evaluate", message)))
-        self.evaluator.finished.connect(self.evaluator.deleteLater)
-        self.evaluator.start()
-        return run
+    def open_model(self, path: str) -> bool:
+        """Open in the background: read, rebuild and predict; `predictions_ready(run)` when done."""
+        if self.state in RUNNING + ("loading", "saving"):
+            return False
+        workspace = self.workspace
 
-    def _on_evaluated(self, run: Run, probs):
-        run.test_probs = probs
-        if run is self.current:
-            self._show_predictions(run)
-        error = Evaluation(probs, np.asarray(run.dataset.test_labels, dtype=np.int64)).error
-        self._set_state("idle", f"{Path(run.path).name}: {run.model.epochs_done} epochs, test error {error:.2%}")
+        def load():
+            run = workspace.load_run(path)
+            return run, workspace.predict(run)
+
+        self._set_state("loading", f"{Path(path).name}…")
+        self._in_background(load, self._opened, lambda exc: self._open_failed(path, exc))
+        return True
+
+    def _opened(self, loaded):
+        run, probs = loaded
+        self.workspace.add_run(run)
+        self.workspace.set_predictions(run, probs)
+        self._select(run)
+        self.config_panel.set_config(run.config)
+        self._remember(run.path)
+        error = run.evaluation().error
+        self._set_state("idle", f"{Path(run.path).name}: {run.epochs_done} epochs, test error {error:.2%}")
         self.predictions_ready.emit(run)
+
+    def _open_failed(self, path: str, exc: Exception):
+        self._set_state("idle")
+        if isinstance(exc, data_module.DataNotFoundError):
+            self.offer_data(getattr(exc, "dataset_name", "mnist"), str(exc))
+        else:
+            self.show_message("Cannot open model", describe(exc))
 
     def save(self):
         run = self.current
-        if run is None or self.busy:
-            return
-        if run.path:
-            self._save_to(run, run.path)
+        if run is not None and run.path:
+            self.save_to(run, run.path)
         else:
             self.save_as()
 
@@ -598,23 +479,31 @@ class MainWindow(QtWidgets.QMainWindow):
         run = self.current
         if run is None or self.busy:
             return
-        suggestion = run.path or f"{run.config.model}-{run.model.epochs_done}ep.h5"
+        suggestion = run.path or f"{run.config.model}-{run.epochs_done}ep.h5"
         path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save model", suggestion, "mnistgui models (*.h5)")
         if path:
-            self._save_to(run, path if path.endswith((".h5", ".hdf5")) else path + ".h5")
+            self.save_to(run, path if path.endswith((".h5", ".hdf5")) else path + ".h5")
 
-    def _save_to(self, run: Run, path: str) -> bool:
-        dataset = self.datasets.get(run.config.dataset)
-        try:
-            save_model(run.model, path, run.config.dataset, dataset.digest if dataset else "")
-        except MnistguiError as exc:
-            self.show_message("Not saved", f"{exc}\n\nThe model is still here: save it somewhere else.")
+    def save_to(self, run: Run, path: str) -> bool:
+        """Save in the background; `saved(path)` when written."""
+        if self.state in RUNNING + ("loading", "saving"):
             return False
-        run.path = path
-        item = self.runs_list.item(self.runs.index(run))
-        item.setText(run.name)
-        self._remember(path)
-        self.statusBar().showMessage(f"saved {path}", 5000)
+        workspace = self.workspace
+        previous = self.state
+        self._set_state("saving", Path(path).name)
+
+        def written(_):
+            workspace.set_path(run, path)
+            self._remember(path)
+            self._set_state(previous)
+            self.statusBar().showMessage(f"saved {path}", 5000)
+            self.saved.emit(path)
+
+        def failed(exc):
+            self._set_state(previous)
+            self.show_message("Not saved", f"{describe(exc)}\n\nThe model is still here: save it somewhere else.")
+
+        self._in_background(lambda: workspace.save(run, path), written, failed)
         return True
 
     def export_csv(self, path: str | None = None):
@@ -623,14 +512,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if not path:
             return
         try:
-            with open(path, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["run", "model", "epoch", "train_error", "test_error", "cost", "seconds"])
-                for run in self.runs:
-                    for r in run.history:
-                        writer.writerow([run.key, run.config.model, r.epoch, r.train_error, r.test_error, r.cost, r.seconds])
-        except OSError as exc:
-            self.show_message("Not exported", f"cannot write {path}: {exc.strerror or exc}")
+            self.workspace.export_histories(path)
+        except MnistguiError as exc:
+            self.show_message("Not exported", str(exc))
 
     def export_plot(self, path: str | None = None):
         if not path:
@@ -642,34 +526,26 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.show_message("Not exported", f"cannot write {path}: {exc}")
 
     def about(self):
-        import h5py
-        import pyqtgraph
-        import pytensor
-        from PyQt5.QtCore import PYQT_VERSION_STR, QT_VERSION_STR
-
-        backend = resolve_backend("auto")
-        text = (f"<h3>mnistgui {__version__}</h3>"
-                "<p>A desktop workbench for the models of the 2016 notebook “Introduction to Deep Learning” "
-                "(after Alec Radford's Theano-Tutorials), compiled with PyTensor, Theano's successor.</p>"
-                f"<p>PyTensor {pytensor.__version__} · NumPy {np.__version__} · h5py {h5py.__version__}<br>"
-                f"PyQt {PYQT_VERSION_STR} · Qt {QT_VERSION_STR} · pyqtgraph {pyqtgraph.__version__}<br>"
-                f"Default backend here: {BACKEND_TITLES[backend]}</p>")
-        QtWidgets.QMessageBox.about(self, "About mnistgui", text)
+        QtWidgets.QMessageBox.about(self, "About mnistgui", about_text())
 
     # --- closing -----------------------------------------------------------------------------------
 
     def closeEvent(self, event):
-        if self.busy:
-            if not self.ask("Quit mnistgui", "Training is running. Stop it and quit?"):
+        """Never waits: with threads still running, hide now and close when the last one finishes."""
+        if not self._closing:
+            if self.busy and not self.ask("Quit mnistgui", "Training is running. Stop it and quit?"):
                 event.ignore()
                 return
-            self.worker.stop()
-            self.worker.resume()
-            self.worker.wait()
-        if self.evaluator is not None:
-            try:
-                self.evaluator.wait()
-            except RuntimeError:  # already deleted: it had finished
-                pass
-        self._save_settings()
+            self._save_settings()
+            self._closing = True
+            if self.data_dialog is not None and self.data_dialog.isVisible():
+                self.data_dialog.reject()
+            if self.busy:
+                self.worker.stop()
+                self.worker.resume()
+        if any(t.isRunning() for t in self.tasks):
+            self.hide()
+            event.ignore()
+            return
+        self.workspace.close()
         event.accept()

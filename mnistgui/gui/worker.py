@@ -1,34 +1,80 @@
-"""Background threads: training (compile, then the core's training generator) and evaluation.
+"""Background threads: training (a workspace TrainingJob) and one-off tasks (load, open, save, download).
 
-Only NumPy arrays and plain dataclasses cross the thread boundary. The model object itself is
-handed to the worker for the length of a run and used by the GUI thread only when no worker runs.
+Only arrays, dataclasses and exceptions cross the thread boundary: a training job builds its model
+(graph, gradient, compilation) in the worker's thread and hands back `EpochOutcome`s.
+
+Threads here have no Qt parent: `start_detached` keeps each one referenced until it has finished,
+so that closing a window or a dialog never destroys a thread that is still running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 
-import numpy as np
 from PyQt5 import QtCore
 
 from ..core.errors import MnistguiError
-from ..core.training import BatchProgress, EpochResult, NeuralModel, Trainer, TrainingControl
+from ..core.training import BatchProgress, TrainingControl
+from ..core.workspace import EpochOutcome, TrainingJob
 
 BATCH_SIGNAL_INTERVAL = 0.1  # at most 10 progress signals a second
 
-
-@dataclass
-class EpochSnapshot:
-    """What the viewers need after an epoch, computed in the worker."""
-
-    result: EpochResult
-    test_probs: np.ndarray  # (n_test, 10)
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
+_RUNNING: set[QtCore.QThread] = set()
 
 
-def _describe(exc: BaseException) -> str:
+def start_detached(thread: QtCore.QThread) -> QtCore.QThread:
+    """Start `thread`, keeping it alive until it has finished; then it is deleted."""
+    _RUNNING.add(thread)
+
+    def finished(t=thread):
+        t.wait()  # it is past run(): returns at once
+        _RUNNING.discard(t)
+        t.deleteLater()
+
+    thread.finished.connect(finished)
+    thread.start()
+    return thread
+
+
+def running_threads() -> int:
+    return sum(1 for t in _RUNNING if t.isRunning())
+
+
+_postponing = 0
+_postponing_lock = threading.Lock()
+_saved_threshold = 10
+
+
+@contextlib.contextmanager
+def no_full_collections():
+    """Postpone the garbage collector's full passes (young ones go on) while a worker builds,
+    compiles or trains a model; nested and concurrent uses are counted.
+
+    A compilation makes tens of thousands of objects and a model holds as many; a full pass over
+    them, triggered in the worker, holds the GIL for 100 to 450 ms (measured) and so stalls the
+    event loop. Young passes free the short-lived ones; the next full pass comes after the work.
+    """
+    global _postponing, _saved_threshold
+    with _postponing_lock:
+        if _postponing == 0:
+            young, middle, _saved_threshold = gc.get_threshold()
+            gc.set_threshold(young, middle, 1 << 30)
+        _postponing += 1
+    try:
+        yield
+    finally:
+        with _postponing_lock:
+            _postponing -= 1
+            if _postponing == 0:
+                young, middle, _ = gc.get_threshold()
+                gc.set_threshold(young, middle, _saved_threshold)
+
+
+def describe(exc: BaseException) -> str:
     if isinstance(exc, MnistguiError):
         return str(exc)
     if isinstance(exc, MemoryError):
@@ -40,14 +86,13 @@ class TrainingWorker(QtCore.QThread):
     compiling = QtCore.pyqtSignal()
     compiled = QtCore.pyqtSignal(float)  # seconds
     batch_progress = QtCore.pyqtSignal(object)  # BatchProgress
-    epoch_finished = QtCore.pyqtSignal(object)  # EpochSnapshot
+    epoch_finished = QtCore.pyqtSignal(object)  # EpochOutcome
     finished_run = QtCore.pyqtSignal(str)  # "finished" or "stopped"
     failed = QtCore.pyqtSignal(str)  # a message for the user
 
-    def __init__(self, trainer: Trainer, epochs: int, parent=None):
+    def __init__(self, job: TrainingJob, parent=None):
         super().__init__(parent)
-        self.trainer = trainer
-        self.epochs = epochs
+        self.job = job
         self.control = TrainingControl()
 
     # Controls, called from the GUI thread.
@@ -65,44 +110,52 @@ class TrainingWorker(QtCore.QThread):
 
     def run(self):
         try:
-            model = self.trainer.model
-            if isinstance(model, NeuralModel):
-                self.compiling.emit()
-                self.compiled.emit(self.trainer.compile())
-            last_signal = 0.0
-            for item in self.trainer.train(self.epochs, self.control):
-                if isinstance(item, BatchProgress):
-                    now = time.perf_counter()
-                    if now - last_signal >= BATCH_SIGNAL_INTERVAL or item.batch == item.n_batches:
-                        last_signal = now
-                        self.batch_progress.emit(item)
-                elif isinstance(item, EpochResult):
-                    weights = model.weights() if isinstance(model, NeuralModel) else {}
-                    probs = self.trainer.last_test_evaluation.probs.copy()
-                    self.epoch_finished.emit(EpochSnapshot(item, probs, weights))
-            self.finished_run.emit("stopped" if self.control.stop_requested else "finished")
+            with no_full_collections():
+                self._train()
         except Exception as exc:  # anything at all must reach the user as a message, not a crash
             traceback.print_exc()
-            self.failed.emit(_describe(exc))
+            self.failed.emit(describe(exc))
+        finally:
+            self.job = None  # the model goes with it
+
+    def _train(self):
+        if self.job.config.is_trainable:
+            self.compiling.emit()
+            self.compiled.emit(self.job.compile())
+        last_signal = 0.0
+        for item in self.job.train(self.control):
+            if isinstance(item, BatchProgress):
+                now = time.perf_counter()
+                if now - last_signal >= BATCH_SIGNAL_INTERVAL or item.batch == item.n_batches:
+                    last_signal = now
+                    self.batch_progress.emit(item)
+            elif isinstance(item, EpochOutcome):
+                self.epoch_finished.emit(item)
+        self.finished_run.emit("stopped" if self.control.stop_requested else "finished")
 
 
-class EvaluationWorker(QtCore.QThread):
-    """Compiles a loaded model's prediction function and predicts the test set."""
+class Task(QtCore.QThread):
+    """Runs `function()` off the GUI thread: `done(result)` or `failed(exception)`."""
 
-    done = QtCore.pyqtSignal(object)  # (n_test, 10) probabilities
-    failed = QtCore.pyqtSignal(str)
+    done = QtCore.pyqtSignal(object)
+    failed = QtCore.pyqtSignal(object)
 
-    def __init__(self, model, images: np.ndarray, parent=None):
+    def __init__(self, function, parent=None):
         super().__init__(parent)
-        self.model = model
-        self.images = images
+        self.function = function
 
     def run(self):
         try:
-            self.done.emit(self.model.predict_proba(self.images))
+            with no_full_collections():
+                result = self.function()
         except Exception as exc:
-            traceback.print_exc()
-            self.failed.emit(_describe(exc))
+            if not isinstance(exc, MnistguiError):
+                traceback.print_exc()
+            self.failed.emit(exc)
+        else:
+            self.done.emit(result)
+        finally:
+            self.function = None
 
 
 class FunctionWorker(QtCore.QThread):
@@ -130,4 +183,4 @@ class FunctionWorker(QtCore.QThread):
         except Exception as exc:
             if not self.cancelled:
                 traceback.print_exc()
-            self.failed.emit("cancelled" if self.cancelled else _describe(exc))
+            self.failed.emit("cancelled" if self.cancelled else describe(exc))
