@@ -23,8 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .core.config import (
-    DATASETS, GROUPS, MODEL_TITLES, MODELS, SETTINGS, SETTINGS_LIST, Config, Setting, config_changes, relevant_fields,
-    resume_config,
+    DATASET_TITLES, DATASETS, GROUPS, MODEL_TITLES, MODELS, SETTINGS, SETTINGS_LIST, Config, Setting, config_changes, relevant_fields,
 )
 from .core.errors import ConfigError, MnistguiError
 from .core.presets import PRESETS, preset
@@ -179,25 +178,6 @@ def _download_progress(stream):
     return report
 
 
-def _load_data(name: str, data_dir, allow_download: bool):
-    from .core import data
-
-    try:
-        return data.load_dataset(name, data_dir)
-    except data.DataNotFoundError:
-        if data_dir is not None or not allow_download:
-            raise
-    target = data.default_download_dir(name)
-    print(f"{data.DATASET_TITLES[name]} not found locally; downloading into {target}", file=sys.stderr)
-    try:
-        data.fetch_dataset(name, target, progress=_download_progress(sys.stderr))
-    except data.DownloadCancelled:
-        raise
-    except data.DataError as exc:  # offline: the mirrors' errors alone would not say what to do
-        raise data.DataNotFoundError(data.not_found_message(name, download_error=str(exc))) from None
-    return data.load_dataset(name, target)
-
-
 def _json_safe(value):
     """`value` with every NaN or infinity as None (JSON has neither) and NumPy scalars as Python's."""
     if isinstance(value, dict):
@@ -246,76 +226,92 @@ def _list_presets() -> None:
 # --- commands ------------------------------------------------------------------------------------
 
 
+def _workspace(args):
+    """The Qt-free workspace the window uses too: the same open, resume, evaluate and save."""
+    from .core.workspace import Workspace
+
+    def announce(name: str, target) -> None:
+        print(f"{DATASET_TITLES[name]} not found locally; downloading into {target}", file=sys.stderr)
+
+    return Workspace(data_dir=args.data, allow_download=not args.no_download,
+                     download_progress=_download_progress(sys.stderr), on_download=announce)
+
+
 def cmd_train(args) -> int:
-    from .core.modelfile import load_model, save_model
-    from .core.training import BatchProgress, EpochResult, Trainer, TrainingControl, create_model
+    from .core.training import BatchProgress, EpochResult, TrainingControl
 
     if args.list_presets:
         _list_presets()
         return 0
     if args.resume and args.preset:
         raise MnistguiError("--preset starts a new run: it does not combine with --resume")
-    if args.resume:
-        model, header = load_model(args.resume)
-        if not model.config.is_trainable:
-            raise MnistguiError(f"{args.resume} is a nearest-neighbours model: it has nothing to train")
-        try:
-            config = resume_config(model.config, given_settings(args))
-        except ConfigError as exc:
-            raise MnistguiError(f"--resume {args.resume}: {exc}") from None
-        changes = config_changes(model.config, config)
-        model = model.reconfigured(config)
-        print(f"resuming {args.resume}: {MODEL_TITLES[config.model]}, {model.epochs_done} epochs done")
-        if changes:
-            print("changed: " + ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()))
-    else:
-        config = _config_from_args(args)
-        model = create_model(config)
-    dataset = _load_data(config.dataset, args.data, not args.no_download)
-    dataset = dataset.subset(config.train_size, config.test_size)
-    trainer = Trainer(model, dataset)
-    backend = getattr(model, "backend", "numpy")
-    print(f"{MODEL_TITLES[config.model]} on {dataset.title}: {len(trainer.train_images)} train, "
-          f"{len(trainer.test_images)} test images; backend {backend}")
-    if config.is_trainable:
-        seconds = trainer.compile()
-        print(f"compiled in {seconds:.2f} s")
-
-    control = TrainingControl()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def interrupt(signum, frame):
-        print("\ninterrupted: stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
-        control.stop()
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, interrupt)
-    tty = sys.stderr.isatty()
-    log_rows = []
+    workspace = _workspace(args)
     try:
-        for item in trainer.train(control=control):
-            if isinstance(item, BatchProgress) and tty:
-                eta = "" if math.isnan(item.eta_seconds) else f" ETA {item.eta_seconds:4.0f}s"
-                sys.stderr.write(f"\r{_progress_bar(item.fraction)} {item.batch}/{item.n_batches}{eta}  ")
-                sys.stderr.flush()
-            elif isinstance(item, EpochResult):
-                if tty:
-                    sys.stderr.write("\r" + " " * 70 + "\r")
-                print(_epoch_line(item), flush=True)
-                log_rows.append(item)
+        if args.resume:
+            run = workspace.open_model(args.resume)
+            if not run.config.is_trainable:
+                raise MnistguiError(f"{args.resume} is a nearest-neighbours model: it has nothing to train")
+            before = run.config
+            settings = given_settings(args)
+            epochs = settings.pop("epochs", before.epochs)
+            try:
+                job = workspace.resume(run, epochs, settings)
+            except ConfigError as exc:
+                raise MnistguiError(f"--resume {args.resume}: {exc}") from None
+            print(f"resuming {args.resume}: {MODEL_TITLES[before.model]}, {run.epochs_done} epochs done")
+            changes = config_changes(before, run.config)
+            if changes:
+                print("changed: " + ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items()))
+        else:
+            run = workspace.new_run(_config_from_args(args))
+            job = workspace.training_job(run)
+        config, dataset = run.config, run.dataset
+        n_train = len(dataset.train_labels) - (config.val_size if config.is_trainable else 0)
+        validation = f", {config.val_size} validation" if config.is_trainable and config.val_size else ""
+        print(f"{MODEL_TITLES[config.model]} on {dataset.title}: {n_train} train{validation}, "
+              f"{len(dataset.test_labels)} test images; backend {run.backend}")
+        seconds = job.compile()
+        if config.is_trainable:
+            print(f"compiled in {seconds:.2f} s")
+        control = TrainingControl()
+        previous = signal.getsignal(signal.SIGINT)
+
+        def interrupt(signum, frame):
+            print("\ninterrupted: stopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+            control.stop()
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, interrupt)
+        tty = sys.stderr.isatty()
+        log_rows = []
+        try:
+            for item in workspace.train(job, control):
+                if isinstance(item, BatchProgress) and tty:
+                    eta = "" if math.isnan(item.eta_seconds) else f" ETA {item.eta_seconds:4.0f}s"
+                    sys.stderr.write(f"\r{_progress_bar(item.fraction)} {item.batch}/{item.n_batches}{eta}  ")
+                    sys.stderr.flush()
+                elif isinstance(item, EpochResult):
+                    if tty:
+                        sys.stderr.write("\r" + " " * 70 + "\r")
+                    print(_epoch_line(item), flush=True)
+                    log_rows.append(item)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if args.log and log_rows:
+                _write_log(args.log, log_rows, append=bool(args.resume))
+        if control.stop_requested:
+            print(f"stopped; the model is at the end of epoch {run.epochs_done}")
+        model = job.trainer.model
+        if job.trainer.early_stopped:
+            best = run.history[model.best_epoch - 1]
+            print(f"early stop: no better validation error for {config.early_stop} epochs; restored epoch "
+                  f"{model.best_epoch} (val error {_fmt_error(best.val_error)}, "
+                  f"test error {_fmt_error(best.test_error)})")
+        if args.save:
+            workspace.save(run, args.save)
+            print(f"saved {args.save}")
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if args.log and log_rows:
-            _write_log(args.log, log_rows, append=bool(args.resume))
-    if control.stop_requested:
-        print(f"stopped; the model is at the end of epoch {model.epochs_done}")
-    if trainer.early_stopped:
-        best = model.history[model.best_epoch - 1]
-        print(f"early stop: no better validation error for {config.early_stop} epochs; restored epoch "
-              f"{model.best_epoch} (val error {_fmt_error(best.val_error)}, test error {_fmt_error(best.test_error)})")
-    if args.save:
-        save_model(model, args.save, dataset.name, dataset.digest)
-        print(f"saved {args.save}")
+        workspace.close()
     return 0
 
 
@@ -344,12 +340,14 @@ def _csv_number(value: float) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .core.modelfile import load_model
-
-    model, header = load_model(args.file)
-    config = model.config
-    dataset = _load_data(config.dataset, args.data, not args.no_download).subset(0, args.test_size)
-    evaluation = model.evaluate(dataset.test_images, dataset.test_labels)
+    workspace = _workspace(args)
+    try:
+        run = workspace.open_model(args.file)
+        evaluation = workspace.evaluate(run, test_size=args.test_size)
+    finally:
+        workspace.close()
+    config, model = run.config, run
+    dataset = workspace.cached_dataset(config.dataset).subset(0, args.test_size)
     confusion = evaluation.confusion()
     per_class = evaluation.per_class_accuracy()
     if args.json:

@@ -74,7 +74,7 @@ def _pct(value) -> str:
 
 
 def run(args) -> int:
-    from .cli import _load_data as load_data
+    from .cli import _workspace
     from .core.training import EpochResult, Trainer, create_model
 
     models = _models(args.models)
@@ -82,7 +82,9 @@ def run(args) -> int:
         raise MnistguiError("--seeds must be in [1, 100]")
     if args.epochs is not None and not 1 <= args.epochs <= 1000:
         raise MnistguiError("--epochs must be in [1, 1000]")
-    dataset = load_data("mnist", args.data, not args.no_download).subset(args.train_size, args.test_size)
+    workspace = _workspace(args)
+    dataset = workspace.dataset("mnist").subset(args.train_size, args.test_size)
+    workspace.close()
     rows, runs = [], []
     for model_name in models:
         epochs = args.epochs or DEFAULT_EPOCHS[model_name]

@@ -151,7 +151,8 @@ def test_unexpected_error_is_one_line_and_exit_1_and_debug_shows_the_traceback(c
     "args, message",
     [
         (["trian"], "unknown command 'trian' (did you mean 'train'? commands: train, evaluate, info, download, bench"),
-        (["reproduce", "--models", "logreg"], "unknown command 'reproduce' (commands: train,"),
+        (["xyzzy", "--models", "logreg"], "unknown command 'xyzzy' (commands: train,"),
+        (["reprodce", "--models", "logreg"], "unknown command 'reprodce' (did you mean 'reproduce'?"),
         (["evalute", "m.h5"], "unknown command 'evalute' (did you mean 'evaluate'?"),
         (["nosuchfile.h5"], "nosuchfile.h5: no such file"),
         (["--debug", "models/nosuchfile"], "models/nosuchfile: no such file"),

@@ -198,7 +198,6 @@ class NeuralModel:
         model = NeuralModel(config)
         model.set_state(self.get_state())
         model.history = list(self.history)
-        model.schedule_horizon, model.best_epoch = self.schedule_horizon, self.best_epoch
         model.config_changes = [*self.config_changes, {"after_epoch": self.epochs_done, "changes": changes}]
         return model
 
@@ -213,6 +212,8 @@ class NeuralModel:
             "params": OrderedDict((k, v.get_value()) for k, v in self.params.items()),
             "optimizer": OrderedDict((k, v.get_value()) for k, v in self.optimizer_state.items()),
             "rng": self.rng.shared.get_value().bit_generator.state if self.rng else None,
+            "training": {"config_changes": list(self.config_changes), "schedule_horizon": self.schedule_horizon,
+                         "best_epoch": self.best_epoch},
         }
 
     def set_state(self, state: dict) -> None:
@@ -224,6 +225,10 @@ class NeuralModel:
             generator = np.random.default_rng()
             generator.bit_generator.state = state["rng"]
             self.rng.shared.set_value(generator)
+        if "training" in state:
+            self.config_changes = list(state["training"]["config_changes"])
+            self.schedule_horizon = state["training"]["schedule_horizon"]
+            self.best_epoch = state["training"]["best_epoch"]
 
     # --- prediction ---------------------------------------------------------------------------
 

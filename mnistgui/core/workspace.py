@@ -14,8 +14,6 @@ that built it: a run keeps its state as arrays, and a `TrainingJob` builds its o
 from __future__ import annotations
 
 import csv
-import functools
-import inspect
 import itertools
 import shutil
 import tempfile
@@ -29,30 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_module
-from .config import MODEL_TITLES, Config
+from .config import MODEL_TITLES, Config, config_changes, resume_config
 from .data import Dataset
 from .errors import ConfigError, MnistguiError, ModelFileError
 from .training import (BatchProgress, EpochResult, Evaluation, KnnModel, Model, NeuralModel, Trainer,
                        TrainingControl, create_model)
 
 LayerFunction = Callable[[dict, np.ndarray], "OrderedDict[str, np.ndarray]"]
-
-
-def _resume_config(config: Config, changes: dict) -> Config:  # lead replaces
-    """Until mnistgui.core.config.resume_config exists: only `epochs` may change when resuming."""
-    refused = sorted(name for name, value in changes.items()
-                     if name != "epochs" and getattr(config, name, object()) != value)
-    if refused:
-        raise ConfigError(f"cannot change {', '.join(refused)} when resuming a run; start a new run instead")
-    resumed = config.replace(epochs=changes.get("epochs", config.epochs))
-    resumed.validate()
-    return resumed
-
-
-try:
-    from .config import resume_config
-except ImportError:
-    resume_config = _resume_config
 
 
 # --- snapshots -------------------------------------------------------------------------------------
@@ -265,22 +246,16 @@ def warm_up() -> None:
 # --- the workspace ---------------------------------------------------------------------------------
 
 
-def _load_accepts_preferred_dir() -> bool:
-    try:
-        return "preferred_dir" in inspect.signature(data_module.load_dataset).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class Workspace:
     """The session's runs and datasets. See the module docstring for which thread calls what."""
 
     def __init__(self, data_dir: str | None = None, preferred_data_dir: str | None = None,
-                 allow_download: bool = False, download_progress=None):
+                 allow_download: bool = False, download_progress=None, on_download=None):
         self.data_dir = data_dir  # a command (--data, tests): only this folder
         self.preferred_data_dir = preferred_data_dir  # a preference (the window's remembered folder)
-        self.allow_download = allow_download
-        self.download_progress = download_progress
+        self.allow_download = allow_download  # when nothing is found where mnistgui looks
+        self.download_progress = download_progress  # progress(file name, done, total)
+        self.on_download = on_download  # on_download(dataset name, target folder), before it starts
         self.runs: list[Run] = []
         self._subscribers: list[Callable] = []
         self._datasets: dict[str, Dataset] = {}
@@ -318,23 +293,22 @@ class Workspace:
             return self._datasets[name]
 
     def _load(self, name: str) -> Dataset:
-        if self.data_dir is not None:
-            return data_module.load_dataset(name, self.data_dir)
-        preferred = self.preferred_data_dir
         try:
-            if _load_accepts_preferred_dir():
-                return data_module.load_dataset(name, preferred_dir=preferred)
-            if preferred:
-                try:
-                    return data_module.load_dataset(name, preferred)
-                except data_module.DataNotFoundError:
-                    pass  # a preference, not a command: search the usual places
-            return data_module.load_dataset(name)
+            return data_module.load_dataset(name, self.data_dir, preferred_dir=self.preferred_data_dir)
         except data_module.DataNotFoundError:
-            if not self.allow_download:
+            if self.data_dir is not None or not self.allow_download:
                 raise
         target = data_module.default_download_dir(name)
-        data_module.fetch_dataset(name, target, progress=self.download_progress)
+        if self.on_download is not None:
+            self.on_download(name, target)
+        try:
+            data_module.fetch_dataset(name, target, progress=self.download_progress)
+        except data_module.DownloadCancelled:
+            raise
+        except data_module.DataError as exc:  # offline: the mirrors' errors alone would not say what to do
+            raise data_module.DataNotFoundError(
+                data_module.not_found_message(name, self.data_dir, self.preferred_data_dir, download_error=str(exc))
+            ) from None
         return data_module.load_dataset(name, target)
 
     def set_data_folders(self, data_dir: str | None = None, preferred_data_dir: str | None = None) -> None:
@@ -426,6 +400,11 @@ class Workspace:
         if not run.config.is_trainable:
             raise ConfigError("nearest neighbours has no epochs to resume")
         config = resume_config(run.config, {**(changes or {}), "epochs": epochs})
+        changed = config_changes(run.config, config)
+        if changed and run.state is not None:
+            training = run.state.setdefault("training", {})
+            training["config_changes"] = [*training.get("config_changes", []),
+                                          {"after_epoch": run.epochs_done, "changes": changed}]
         if config != run.config:
             if (config.train_size, config.test_size) != (run.config.train_size, run.config.test_size):
                 run.dataset = self.dataset(config.dataset).subset(config.train_size, config.test_size)
@@ -499,9 +478,9 @@ class Workspace:
         """
         key = config.to_json()
         if key not in self._layer_functions:
-            from .reference import forward
+            from .models import LayerFunction
 
-            self._layer_functions[key] = functools.partial(forward, config)
+            self._layer_functions[key] = LayerFunction(config)
         return self._layer_functions[key]
 
     # --- closing ------------------------------------------------------------------------------------

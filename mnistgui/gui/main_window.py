@@ -80,7 +80,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.training.failed.connect(
             lambda message: self.show_message("Training failed", message, QtWidgets.QMessageBox.Critical))
         self.tasks: set[QtCore.QThread] = set()
-        self.state = "idle"
+        self.state, self.state_detail = "idle", ""
         self.detail: DigitDetail | None = None
         self.message_box: QtWidgets.QMessageBox | None = None
         self.data_dialog: DataDialog | None = None
@@ -100,6 +100,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _build_widgets(self):
         self.config_panel = ConfigPanel()
         self.config_panel.changed.connect(self._preload_dataset)
+        self.config_panel.changed.connect(lambda: self._set_state(self.state, self.state_detail))
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(self.config_panel)
         scroll.setWidgetResizable(True)
@@ -211,12 +212,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self.workspace.set_data_folders(folder, self.workspace.preferred_data_dir)
 
     def _set_state(self, state: str, detail: str = ""):
-        self.state = state
+        self.state, self.state_detail = state, detail
         self.state_label.setText(f"<b>{STATE_TITLES.get(state, state)}</b> {detail}".strip())
         running = state in RUNNING
         waiting = state in ("loading", "saving")
         have_run = self.current is not None and not waiting
-        self.start_action.setEnabled(not running and not waiting)
+        self.start_action.setEnabled(not running and not waiting and self.config_panel.is_valid())
         self.continue_action.setEnabled(not running and have_run and self.current.config.is_trainable)
         self.pause_action.setEnabled(state in ("training", "paused"))
         self.pause_action.setText("&Resume" if state == "paused" else "&Pause")
