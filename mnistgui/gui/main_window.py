@@ -21,6 +21,7 @@ from ..core import data as data_module
 from ..core.backend import BACKEND_TITLES, resolve_backend
 from ..core.config import Config
 from ..core.errors import ConfigError, MnistguiError
+from ..core.presets import preset
 from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace, warm_up
 from .config_panel import ConfigPanel
 from .confusion import ConfusionView
@@ -380,6 +381,12 @@ class MainWindow(QtWidgets.QMainWindow):
         run = self.workspace.new_run(config)  # the dataset is loaded: instant
         self._select(run)
         self._launch(run, self.workspace.training_job(run))
+
+    def apply_preset(self, name: str):
+        """Fill the configuration panel with a preset, keeping the data set; the user may then edit it."""
+        dataset = self.config_panel.config().dataset if self.config_panel.is_valid() else "mnist"
+        self.config_panel.set_config(preset(name).config(dataset=dataset))
+        self.statusBar().showMessage(f"preset {name}: {preset(name).description}", 8000)
 
     def continue_training(self):
         run = self.current

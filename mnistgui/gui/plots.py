@@ -1,4 +1,9 @@
-"""Live train/test error and cost plots, one pair of curves per run, created once, fed by setData."""
+"""Live error, cost and per-class plots, curves created once per run and fed by setData.
+
+Each run has its train (dashed), test (solid) and, with a validation split, validation (dotted) error
+curves, a star on its best validation epoch, and its cost. The notebook's published test curve can
+be overlaid in grey; the selected run's per-class test error has a plot of its own.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +28,23 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         self.cost_plot.setLabel("bottom", "epoch")
         self.cost_plot.showGrid(x=True, y=True, alpha=0.3)
         self.cost_plot.setXLink(self.error_plot)
+        self.class_plot = self.addPlot(row=2, col=0, title="Per-class test error of the selected run")
+        self.class_plot.setLabel("left", "error", units="%")
+        self.class_plot.setLabel("bottom", "epoch")
+        self.class_plot.showGrid(x=True, y=True, alpha=0.3)
+        self.class_plot.addLegend(offset=(-10, 10), colCount=5, labelTextSize="7pt")
+        self.class_plot.setXLink(self.error_plot)
+        self.class_curves = [
+            self.class_plot.plot([], [], pen=pg.mkPen(pg.intColor(digit, hues=10), width=1.5), name=str(digit))
+            for digit in range(10)
+        ]
         self.ci.layout.setRowStretchFactor(0, 3)
         self.ci.layout.setRowStretchFactor(1, 2)
+        self.ci.layout.setRowStretchFactor(2, 2)
         self.curves: dict[int, dict[str, pg.PlotDataItem]] = {}
+        self.notebook_curve = self.error_plot.plot(
+            [], [], pen=pg.mkPen((140, 140, 140), width=2, style=QtCore.Qt.DashDotLine), name="notebook, test")
+        self.notebook_model: str | None = None
 
     def _curves_for(self, key: int, name: str, color: str):
         if key not in self.curves:
@@ -36,6 +55,10 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
                                               symbolBrush=color, name=f"{name} train"),
                 "test": self.error_plot.plot([], [], pen=test_pen, symbol="s", symbolSize=5,
                                              symbolBrush=color, name=f"{name} test"),
+                "val": self.error_plot.plot([], [], pen=pg.mkPen(color, width=2, style=QtCore.Qt.DotLine),
+                                            name=f"{name} validation"),
+                "best": self.error_plot.plot([], [], pen=None, symbol="star", symbolSize=16, symbolBrush=color,
+                                             symbolPen="k"),
                 "cost": self.cost_plot.plot([], [], pen=test_pen, symbol="o", symbolSize=4, symbolBrush=color),
             }
         return self.curves[key]
@@ -51,6 +74,31 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         curves["test"].setData(epochs, test)
         finite = np.isfinite(cost)
         curves["cost"].setData(epochs[finite], cost[finite])
+        val = np.array([r.val_error for r in history], dtype=float) * 100
+        finite = np.isfinite(val)
+        curves["val"].setData(epochs[finite], val[finite])
+        if finite.any():  # the best epoch: lowest validation error, the one early stopping restores
+            best = int(np.nanargmin(val))
+            curves["best"].setData([epochs[best]], [val[best]])
+        else:
+            curves["best"].setData([], [])
+
+    def show_class_errors(self, history) -> None:
+        """The per-class test error of one run, epoch by epoch (which digits are learnt late)."""
+        epochs = np.array([r.epoch for r in history], dtype=float)
+        accuracy = np.array([r.class_accuracy for r in history], dtype=float).reshape(-1, 10)
+        for digit, curve in enumerate(self.class_curves):
+            finite = np.isfinite(accuracy[:, digit])
+            curve.setData(epochs[finite], 100 * (1 - accuracy[finite, digit]))
+
+    def show_notebook(self, model: str | None) -> None:
+        """Overlay the notebook's published test error of `model` (None hides it)."""
+        from ..core.notebook import notebook_test_errors
+
+        errors = notebook_test_errors(model) if model else []
+        self.notebook_model = model if errors else None
+        self.notebook_curve.setData(np.arange(1, len(errors) + 1, dtype=float), np.array(errors, dtype=float) * 100)
+        self.notebook_curve.setVisible(bool(errors))
 
     def set_run_visible(self, key: int, visible: bool) -> None:
         for curve in self.curves.get(key, {}).values():
@@ -62,8 +110,8 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
             plot.removeItem(curve)
 
     def set_log_scale(self, enabled: bool) -> None:
-        self.error_plot.setLogMode(y=enabled)
-        self.cost_plot.setLogMode(y=enabled)
+        for plot in (self.error_plot, self.cost_plot, self.class_plot):
+            plot.setLogMode(y=enabled)
 
     def export(self, path: str) -> None:
         """The whole figure as PNG or SVG, by the file's extension."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from ..core.presets import PRESETS
+
 
 def _action(window, text, slot, shortcut=None, tip=None, checkable=False) -> QtWidgets.QAction:
     action = QtWidgets.QAction(text, window)
@@ -49,6 +51,15 @@ def install_actions(window) -> None:
     menu = w.menuBar().addMenu("&Train")
     for action in (w.start_action, w.pause_action, w.stop_action, w.stop_after_action, w.continue_action):
         menu.addAction(action)
+    menu.addSeparator()
+    w.presets_menu = menu.addMenu("&Presets")
+    w.preset_actions = {}
+    for preset in PRESETS.values():
+        action = w.presets_menu.addAction(preset.title, lambda name=preset.name: w.apply_preset(name))
+        action.setStatusTip(preset.description)
+        action.setToolTip(preset.description)
+        w.preset_actions[preset.name] = action
+    w.presets_menu.setToolTipsVisible(True)
     w.menuBar().addMenu("&Help").addAction(w.about_action)
 
     toolbar = w.addToolBar("Training")
