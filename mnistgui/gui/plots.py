@@ -42,8 +42,10 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         self.ci.layout.setRowStretchFactor(1, 2)
         self.ci.layout.setRowStretchFactor(2, 2)
         self.curves: dict[int, dict[str, pg.PlotDataItem]] = {}
-        self.notebook_curve = self.error_plot.plot(
-            [], [], pen=pg.mkPen((140, 140, 140), width=2, style=QtCore.Qt.DashDotLine), name="notebook, test")
+        # The notebook ran 100 epochs: its curve must not stretch the axes of a 10-epoch run.
+        self.notebook_curve = pg.PlotDataItem([], [], pen=pg.mkPen((140, 140, 140), width=2, style=QtCore.Qt.DashDotLine),
+                                              name="notebook, test")
+        self.error_plot.addItem(self.notebook_curve, ignoreBounds=True)
         self.notebook_model: str | None = None
 
     def _curves_for(self, key: int, name: str, color: str):

@@ -11,7 +11,7 @@ from .plots import TrainingPlot
 from .runs_panel import run_color
 
 
-COLUMNS = [("epoch", "epoch", "i"), ("train error", "train_error", "pct"), ("validation error", "val_error", "pct"),
+COLUMNS = [("epoch", "epoch", "i"), ("train error", "train_error", "pct"), ("val error", "val_error", "pct"),
            ("test error", "test_error", "pct"), ("cost", "cost", "f"), ("learning rate", "learning_rate", "g"),
            ("seconds", "seconds", "s"), ("images/s", "images_per_second", "n")]
 
