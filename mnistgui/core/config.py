@@ -13,7 +13,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
 ACTIVATIONS = ("sigmoid", "relu", "tanh")
 INITS = ("normal", "glorot", "he")
 DATASETS = ("mnist", "fashion")
-BACKENDS = ("auto", "numba", "c")
+BACKENDS = ("auto", "numba", "c", "jax")
 
 MODEL_TITLES = {
     "knn": "Nearest neighbours",
