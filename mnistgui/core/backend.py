@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 import pytensor
+import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
 from . import ops
@@ -158,6 +159,8 @@ def _jax_mode() -> Mode:
     which JAX's arange (the cross-entropy's label index) needs.
     """
     from pytensor.graph.rewriting.basic import in2out, node_rewriter
+    from pytensor.graph.basic import Constant
+    from pytensor.tensor.basic import ARange
     from pytensor.tensor.elemwise import DimShuffle
     from pytensor.tensor.shape import Shape, Shape_i
     from pytensor.tensor.subtensor import Subtensor, get_constant_idx
@@ -179,8 +182,22 @@ def _jax_mode() -> Mode:
             return None
         return [Shape_i(int(index) % x.ndim)(x)]
 
+    @node_rewriter([ARange])
+    def arange_with_wide_constants(fgraph, node):
+        """PyTensor stores arange(0, n) with an int8 0, and JAX then checks n against int8: 128 fails."""
+        narrow = [isinstance(v, Constant) and v.dtype != "int64" for v in node.inputs]
+        if not any(narrow):
+            return None
+        wide = [pt.constant(np.int64(v.data)) if is_narrow else v for v, is_narrow in zip(node.inputs, narrow)]
+        return [ARange(node.op.dtype)(*wide)]
+
+    # JAX computes in 32 bits unless told otherwise, and says so for every int64 or float64 in a
+    # graph (label indices, a mean's accumulator): as intended here. The dropout generator is
+    # copied into the compiled function, which advances its own copy.
+    warnings.filterwarnings("ignore", message=r"Explicitly requested dtype (int64|float64) requested in")
+    warnings.filterwarnings("ignore", message=r"The RandomType SharedVariables \[dropout_rng\] will not be used")
     mode = pytensor.compile.mode.get_mode("JAX").excluding("ShapeOpt")
-    return mode.register((in2out(shape_entry_to_shape_i, name="shape_entry_to_shape_i"), 48.0))
+    return mode.register((in2out(shape_entry_to_shape_i, arange_with_wide_constants, name="jax_static_shapes"), 48.0))
 
 
 def compile_mode(backend: str) -> Mode:
