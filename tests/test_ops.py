@@ -149,3 +149,14 @@ def test_pool_gradient_goes_to_first_maximum_in_every_backend(name):
     expected = np.zeros((1, 1, 3, 3), dtype="float32")
     expected[0, 0, 0, 0] = expected[0, 0, 0, 2] = expected[0, 0, 2, 0] = expected[0, 0, 2, 2] = 1.0
     np.testing.assert_array_equal(np.asarray(fn(x)), expected)
+
+
+def test_static_full_padding_has_correct_gradients():
+    """'full' with a static filter shape pads with the ZeroPad2d Op (what the convnet uses)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 2))
+    verify_grad(lambda a, b: conv2d(a, b, "full", filter_shape=(4, 3, 3, 2)), [x, w], rng=rng, mode=MODE)
+    X, W = pt.tensor4(dtype="float64"), pt.tensor4(dtype="float64")
+    fn = pytensor.function([X, W], conv2d(X, W, "full", filter_shape=(4, 3, 3, 2)), mode=MODE)
+    np.testing.assert_allclose(fn(x, w), _reference_conv(x, w, "full"), rtol=1e-10, atol=1e-10)

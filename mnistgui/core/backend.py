@@ -13,6 +13,12 @@ reference machine, one MNIST epoch (see the README for the command):
 
 So "auto" means "c" where a C++ compiler exists, else "numba", which needs none. A frozen app
 (PyInstaller) always takes "numba": compiling C there would need Python's headers, which it lacks.
+Under Numba every Op of ours runs natively (ops.register_backend, and the dropout draw below): no
+object-mode round trips through the interpreter.
+
+"jax" (never chosen by "auto") runs the graphs through JAX and XLA, on the CPU or, with a CUDA
+jaxlib (pip install -U "jax[cuda12]"), on an NVIDIA GPU. JAX needs static shapes; `_jax_mode`
+keeps them so, and the trainer feeds JAX whole batches instead of slicing by a traced index.
 """
 
 from __future__ import annotations
