@@ -26,7 +26,10 @@ setup(
         "pyqtgraph>=0.13.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-qt>=4.4", "pytest-timeout>=2.3", "hypothesis>=6.100", "scipy>=1.11"],
+        "test": ["pytest>=8", "pytest-qt>=4.4", "pytest-timeout>=2.3", "hypothesis>=6.100", "scipy>=1.11",
+                 "jax[cpu]>=0.10.2,<0.11"],
+        # The JAX backend on the CPU; for an NVIDIA GPU instead: pip install -U "jax[cuda12]".
+        "jax": ["jax[cpu]>=0.10.2,<0.11"],
         "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["mnistgui = mnistgui.cli:main"]},

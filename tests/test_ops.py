@@ -111,3 +111,52 @@ def test_input_gradient_op_has_correct_gradients():
     x = pt.constant(np.zeros((2, 6, 5, 3)))  # channels-last: 6 x 5 images of 3 channels
     verify_grad(lambda g, k: corr2d_input_grad(x, g, k),
                 [rng.standard_normal((2, 4, 3, 4)), rng.standard_normal((4, 3, 3, 3))], rng=rng, mode=MODE)
+
+
+# --- the native Numba and JAX implementations against the C backend ----------------------------------
+
+
+def _backend_mode(name):
+    if name == "jax":
+        pytest.importorskip("jax")
+    return backend.compile_mode(name)
+
+
+@pytest.mark.parametrize("name", ["numba", "jax"])
+def test_conv_and_pool_with_gradients_match_c(name):
+    """Forward and every gradient of a 'full' conv, a 'valid' conv and ceil-mode pooling (odd sizes)."""
+    X, W1, W2 = pt.tensor4(dtype="float32"), pt.tensor4(dtype="float32"), pt.tensor4(dtype="float32")
+    h = max_pool_2d(conv2d(X, W1, "full", filter_shape=(3, 2, 3, 3)))  # 7 x 6 -> 9 x 8 -> 5 x 4
+    out = max_pool_2d(conv2d(h, W2, "valid"))  # 5 x 4 -> 3 x 2 -> 2 x 1
+    cost = (out * out).sum() + (h * h).sum()
+    outputs = [h, out, *pytensor.grad(cost, [X, W1, W2])]
+    rng = np.random.default_rng(8)
+    args = [rng.standard_normal(s).astype("float32") for s in ((2, 2, 7, 6), (3, 2, 3, 3), (4, 3, 2, 3))]
+    expected = pytensor.function([X, W1, W2], outputs, mode=MODE)(*args)
+    got = pytensor.function([X, W1, W2], outputs, mode=_backend_mode(name))(*args)
+    for value, reference in zip(got, expected):
+        value = np.asarray(value)
+        assert value.dtype == np.float32 and value.shape == reference.shape
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["numba", "jax"])
+def test_pool_gradient_goes_to_first_maximum_in_every_backend(name):
+    X = pt.tensor4(dtype="float32")
+    fn = pytensor.function([X], pytensor.grad(max_pool_2d(X).sum(), X), mode=_backend_mode(name))
+    x = np.zeros((1, 1, 3, 3), dtype="float32")  # every window a tie of zeros, bar the odd corner
+    x[0, 0, 2, 2] = -1.0
+    expected = np.zeros((1, 1, 3, 3), dtype="float32")
+    expected[0, 0, 0, 0] = expected[0, 0, 0, 2] = expected[0, 0, 2, 0] = expected[0, 0, 2, 2] = 1.0
+    np.testing.assert_array_equal(np.asarray(fn(x)), expected)
+
+
+def test_static_full_padding_has_correct_gradients():
+    """'full' with a static filter shape pads with the ZeroPad2d Op (what the convnet uses)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 2))
+    verify_grad(lambda a, b: conv2d(a, b, "full", filter_shape=(4, 3, 3, 2)), [x, w], rng=rng, mode=MODE)
+    X, W = pt.tensor4(dtype="float64"), pt.tensor4(dtype="float64")
+    fn = pytensor.function([X, W], conv2d(X, W, "full", filter_shape=(4, 3, 3, 2)), mode=MODE)
+    np.testing.assert_allclose(fn(x, w), _reference_conv(x, w, "full"), rtol=1e-10, atol=1e-10)

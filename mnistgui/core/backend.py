@@ -13,6 +13,12 @@ reference machine, one MNIST epoch (see the README for the command):
 
 So "auto" means "c" where a C++ compiler exists, else "numba", which needs none. A frozen app
 (PyInstaller) always takes "numba": compiling C there would need Python's headers, which it lacks.
+Under Numba every Op of ours runs natively (ops.register_backend, and the dropout draw below): no
+object-mode round trips through the interpreter.
+
+"jax" (never chosen by "auto") runs the graphs through JAX and XLA, on the CPU or, with a CUDA
+jaxlib (pip install -U "jax[cuda12]"), on an NVIDIA GPU. JAX needs static shapes; `_jax_mode`
+keeps them so, and the trainer feeds JAX whole batches instead of slicing by a traced index.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ import os
 import sys
 import warnings
 
+import numpy as np
 import pytensor
+import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
+from . import ops
 from .config import BACKENDS
 from .errors import ConfigError
 
@@ -34,18 +43,29 @@ pytensor.config.floatX = "float32"
 if "blas__ldflags" not in os.environ.get("PYTENSOR_FLAGS", ""):
     pytensor.config.blas__ldflags = ""
 
-# Under Numba, our conv, pooling and dropout-draw Ops run their NumPy kernels through object mode,
-# by design; and PyTensor reports, harmlessly, when a fused loop would have too many arguments.
-warnings.filterwarnings("ignore", message=r"Numba will use object mode to run (Corr2d|MaxPool2x2|random_float32)")
+# PyTensor reports, harmlessly, when a fused loop would have too many arguments.
 warnings.filterwarnings("ignore", message=r"Loop fusion failed because the resulting node would exceed")
 
-BACKEND_TITLES = {"c": "C (CVM) + NumPy BLAS", "numba": "Numba (LLVM)"}
+BACKEND_TITLES = {"c": "C (CVM) + NumPy BLAS", "numba": "Numba (LLVM)", "jax": "JAX (XLA)"}
+
+JAX_MISSING = (
+    "the jax backend needs the jax package, which does not import here: install it with "
+    "pip install \"jax[cpu]\" (or \"jax[cuda12]\" for an NVIDIA GPU), or use --backend c or numba"
+)
 
 
 def numba_available() -> bool:
     try:
         import numba  # noqa: F401
     except Exception:  # a broken numba install raises more than ImportError
+        return False
+    return True
+
+
+def jax_available() -> bool:
+    try:
+        import jax  # noqa: F401
+    except Exception:  # a broken jax or jaxlib install raises more than ImportError
         return False
     return True
 
@@ -62,12 +82,138 @@ def resolve_backend(name: str) -> str:
         return "c" if compiler_available() else "numba"
     if name == "numba" and not numba_available():
         raise ConfigError("the numba backend needs the numba package, which does not import here")
+    if name == "jax" and not jax_available():
+        raise ConfigError(JAX_MISSING)
     if name == "c" and not compiler_available():
         raise ConfigError("the c backend needs a C++ compiler (g++ or clang++); none was found: use --backend numba")
     return name
 
 
+_numba_random_registered = False
+
+
+def _register_numba_random() -> None:
+    """The float32 dropout draw in nopython mode, the same stream as NumPy's Generator.random.
+
+    PyTensor's Numba RandomVariable code vectorises a scalar core over the distribution's
+    parameters and needs at least one; the draw has none. So the dispatch for the wrapper Op
+    (RandomVariableWithCoreShape) is replaced by one that handles the draw itself and hands every
+    other random variable to PyTensor's own implementation.
+    """
+    global _numba_random_registered
+    if _numba_random_registered:
+        return
+    import numba.np.unsafe.ndarray as numba_ndarray
+    from pytensor.link.numba.dispatch import basic as numba_basic
+    from pytensor.link.numba.dispatch import random as numba_random
+    from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+    from pytensor.link.numba.dispatch.compile_ops import numba_deepcopy
+    from pytensor.tensor import get_vector_length
+    from pytensor.tensor.random.op import RandomVariableWithCoreShape
+
+    from .layers import RandomFloat32
+
+    pytensors_own = numba_random.numba_funcify_RandomVariable
+
+    @register_funcify_and_cache_key(RandomVariableWithCoreShape)
+    def numba_funcify_random_variable(op, node, **kwargs):
+        [rv_node] = op.fgraph.apply_nodes
+        rv_op = rv_node.op
+        if not isinstance(rv_op, RandomFloat32):
+            return pytensors_own(op, node, **kwargs)
+        size_len = get_vector_length(rv_op.size_param(rv_node))
+        inplace = rv_op.inplace
+
+        @numba_basic.numba_njit
+        def random_float32(core_shape, rng, size):
+            if not inplace:
+                rng = numba_deepcopy(rng)
+            return rng, rng.random(size=numba_ndarray.to_fixed_tuple(size, size_len), dtype=np.float32)
+
+        return random_float32, f"mnistgui-random-float32-v1-{size_len}-{inplace}"
+
+    _numba_random_registered = True
+
+
+def _register_jax_random() -> None:
+    """The float32 dropout draw in JAX: jax.random.uniform, from the key PyTensor derives from the
+    shared NumPy generator. A different stream from NumPy's, so JAX's masks differ from C's."""
+    import jax
+    import jax.numpy as jnp
+    from pytensor.link.jax.dispatch.random import jax_sample_fn
+
+    from .layers import RandomFloat32
+
+    if RandomFloat32 in jax_sample_fn.registry:
+        return
+
+    @jax_sample_fn.register(RandomFloat32)
+    def jax_sample_random_float32(op, node):
+        def sample_fn(rng_key, size, dtype):
+            return jax.random.uniform(rng_key, shape=tuple(size), dtype=jnp.float32)
+
+        return sample_fn
+
+
+def _jax_mode() -> Mode:
+    """PyTensor's JAX mode, keeping shapes concrete.
+
+    JAX traces with static shapes: `Shape(x)` of a traced x is a concrete tuple, but arithmetic on
+    shapes is traced, and an allocation or a draw sized by traced values cannot compile. PyTensor's
+    ShapeOpt replaces the shapes of our Ops' outputs by their infer_shape arithmetic ((h + 1) // 2
+    after pooling), so the JAX mode leaves it out and instead turns `x.shape[i]` into `Shape_i`,
+    which JAX's arange (the cross-entropy's label index) needs.
+    """
+    from pytensor.graph.rewriting.basic import in2out, node_rewriter
+    from pytensor.graph.basic import Constant
+    from pytensor.tensor.basic import ARange
+    from pytensor.tensor.elemwise import DimShuffle
+    from pytensor.tensor.shape import Shape, Shape_i
+    from pytensor.tensor.subtensor import Subtensor, get_constant_idx
+
+    @node_rewriter([Subtensor, DimShuffle])
+    def shape_entry_to_shape_i(fgraph, node):
+        """x.shape[i] as Shape_i(i)(x); for a vector x PyTensor writes x.shape[0] as a squeeze."""
+        shape = node.inputs[0]
+        if node.outputs[0].ndim != 0 or shape.owner is None or not isinstance(shape.owner.op, Shape):
+            return None
+        x = shape.owner.inputs[0]
+        if isinstance(node.op, DimShuffle):
+            return [Shape_i(0)(x)] if x.ndim == 1 else None
+        try:
+            (index,) = get_constant_idx(node.op.idx_list, node.inputs)
+        except Exception:  # not a constant index
+            return None
+        if not isinstance(index, int | np.integer) or not -x.ndim <= index < x.ndim:
+            return None
+        return [Shape_i(int(index) % x.ndim)(x)]
+
+    @node_rewriter([ARange])
+    def arange_with_wide_constants(fgraph, node):
+        """PyTensor stores arange(0, n) with an int8 0, and JAX then checks n against int8: 128 fails."""
+        narrow = [isinstance(v, Constant) and v.dtype != "int64" for v in node.inputs]
+        if not any(narrow):
+            return None
+        wide = [pt.constant(np.int64(v.data)) if is_narrow else v for v, is_narrow in zip(node.inputs, narrow)]
+        return [ARange(node.op.dtype)(*wide)]
+
+    # JAX computes in 32 bits unless told otherwise, and says so for every int64 or float64 in a
+    # graph (label indices, a mean's accumulator): as intended here. The dropout generator is
+    # copied into the compiled function, which advances its own copy.
+    warnings.filterwarnings("ignore", message=r"Explicitly requested dtype (int64|float64) requested in")
+    warnings.filterwarnings("ignore", message=r"The RandomType SharedVariables \[dropout_rng\] will not be used")
+    mode = pytensor.compile.mode.get_mode("JAX").excluding("ShapeOpt")
+    return mode.register((in2out(shape_entry_to_shape_i, arange_with_wide_constants, name="jax_static_shapes"), 48.0))
+
+
 def compile_mode(backend: str) -> Mode:
-    if resolve_backend(backend) == "numba":
+    backend = resolve_backend(backend)
+    if backend == "numba":
+        ops.register_backend("numba")
+        _register_numba_random()
         return pytensor.compile.mode.get_mode("NUMBA")
+    if backend == "jax":
+        ops.register_backend("jax")
+        _register_jax_random()
+        return _jax_mode()
     return pytensor.compile.mode.get_mode("CVM").excluding("BlasOpt")

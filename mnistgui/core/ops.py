@@ -278,11 +278,57 @@ max_pool_2x2 = MaxPool2x2()
 max_pool_grad = MaxPool2x2Grad()
 
 
+class ZeroPad2d(Op):
+    """Zero-pad (N, H, W, C) by `rows` above and below and `cols` left and right.
+
+    An Op rather than set_subtensor on a zeros tensor: the padded shape is then the Op's own
+    business, where JAX needs it (it cannot allocate an array whose size is arithmetic on traced
+    shapes).
+    """
+
+    __props__ = ("rows", "cols")
+
+    def __init__(self, rows: int, cols: int):
+        self.rows, self.cols = int(rows), int(cols)
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 4:
+            raise TypeError("ZeroPad2d takes a 4-d tensor")
+
+        def grown(size, by):
+            return None if size is None else size + 2 * by
+
+        shape = (x.type.shape[0], grown(x.type.shape[1], self.rows), grown(x.type.shape[2], self.cols), x.type.shape[3])
+        return Apply(self, [x], [pt.tensor(dtype=x.dtype, shape=shape)])
+
+    def perform(self, node, inputs, output_storage):
+        (x,) = inputs
+        n, h, w, c = x.shape
+        out = np.zeros((n, h + 2 * self.rows, w + 2 * self.cols, c), dtype=x.dtype)
+        out[:, self.rows : self.rows + h, self.cols : self.cols + w, :] = x
+        output_storage[0][0] = out
+
+    def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
+        n, h, w, c = args[-1][0]
+        return [(n, h + 2 * self.rows, w + 2 * self.cols, c)]
+
+    def pullback(self, inputs, outputs, output_grads):
+        (g,) = output_grads
+
+        def inner(by):  # constant bounds: no arithmetic on shapes
+            return slice(by, -by) if by else slice(None)
+
+        return [g[:, inner(self.rows), inner(self.cols), :]]
+
+
 # --- graph functions ---------------------------------------------------------------------------------
 
 
 def _pad_spatial(x, ph, pw):
     """Zero-pad axes 1 and 2 of a channels-last 4-d tensor by (ph, pw) on each side."""
+    if isinstance(ph, int) and isinstance(pw, int):  # static: one Op every backend runs natively
+        return ZeroPad2d(ph, pw)(x)
     n, h, w, c = x.shape
     padded = pt.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
     return pt.set_subtensor(padded[:, ph : ph + h, pw : pw + w, :], x)
@@ -314,3 +360,261 @@ max_pool_2d_nhwc = max_pool_2x2
 def max_pool_2d(x):
     """The notebook's max_pool_2d(x, (2, 2)) with ignore_border=False, on channels-first x."""
     return max_pool_2x2(x.dimshuffle(0, 2, 3, 1)).dimshuffle(0, 3, 1, 2)
+
+
+# --- Numba: native implementations, so that NUMBA mode needs no object mode ----------------------------
+# PyTensor's NUMBA mode runs an Op without a `numba_funcify` registration through its Python
+# `perform` in Numba's object mode: a round trip through the interpreter for every call. These
+# kernels are the NumPy ones above, written for nopython mode (np.dot on contiguous arrays is BLAS).
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _im2col_nb(x, kh, kw):
+    n, h, w, c = x.shape
+    rows, cols = h - kh + 1, w - kw + 1
+    out = np.empty((n * rows * cols, kh * kw * c), dtype=x.dtype)
+    r = 0
+    for i in range(n):
+        for p in range(rows):
+            for q in range(cols):
+                col = 0
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            out[r, col] = x[i, p + a, q + b, ch]
+                            col += 1
+                r += 1
+    return out
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _filters_as_matrix_nb(k):
+    f, c, kh, kw = k.shape
+    return np.ascontiguousarray(k.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_nb(x, k):
+    """`corr2d_nhwc` in nopython mode; x and k of one float dtype."""
+    n, h, w, _ = x.shape
+    f, _, kh, kw = k.shape
+    rows, cols = h - kh + 1, w - kw + 1
+    return np.dot(_im2col_nb(x, kh, kw), _filters_as_matrix_nb(k)).reshape(n, rows, cols, f)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_weights_nb(x, g):
+    """`corr2d_weights_nhwc` in nopython mode."""
+    n, h, w, c = x.shape
+    _, rows, cols, f = g.shape
+    kh, kw = h - rows + 1, w - cols + 1
+    g_t = np.ascontiguousarray(np.ascontiguousarray(g).reshape(n * rows * cols, f).T)
+    dk = np.dot(g_t, _im2col_nb(x, kh, kw))  # (F, kh * kw * C)
+    return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_input_grad_nb(g, k, h, w):
+    """`corr2d_input_grad_nhwc` in nopython mode: one matrix product, then col2im."""
+    n, rows, cols, f = g.shape
+    _, c, kh, kw = k.shape
+    fm_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
+    patches = np.dot(np.ascontiguousarray(g).reshape(n * rows * cols, f), fm_t)
+    dx = np.zeros((n, h, w, c), dtype=patches.dtype)
+    r = 0
+    for i in range(n):
+        for p in range(rows):
+            for q in range(cols):
+                col = 0
+                for a in range(kh):
+                    for b in range(kw):
+                        for ch in range(c):
+                            dx[i, p + a, q + b, ch] += patches[r, col]
+                            col += 1
+                r += 1
+    return dx
+
+
+_NUMBA_KERNEL_VERSION = 1  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+
+
+def _register_numba() -> None:
+    from pytensor.link.numba.dispatch import basic as numba_basic
+    from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+
+    def caster(node, index):
+        """A jitted v -> v as the output's dtype for input `index`: no copy when it is that already."""
+        dtype = np.dtype(node.outputs[0].dtype)
+        if node.inputs[index].dtype == dtype:
+            return numba_basic.numba_njit(lambda v: v)
+        return numba_basic.numba_njit(lambda v: v.astype(dtype))
+
+    @register_funcify_default_op_cache_key(Corr2dValid)
+    def numba_funcify_corr2d_valid(op, node, **kwargs):
+        cast_x, cast_k = caster(node, 0), caster(node, 1)
+
+        @numba_basic.numba_njit
+        def corr2d_valid_nb(x, k):
+            return corr2d_nb(cast_x(x), cast_k(k))
+
+        return corr2d_valid_nb, _NUMBA_KERNEL_VERSION
+
+    @register_funcify_default_op_cache_key(Corr2dWeights)
+    def numba_funcify_corr2d_weights(op, node, **kwargs):
+        cast_x, cast_g = caster(node, 0), caster(node, 1)
+
+        @numba_basic.numba_njit
+        def corr2d_weights_op_nb(x, g):
+            return corr2d_weights_nb(cast_x(x), cast_g(g))
+
+        return corr2d_weights_op_nb, _NUMBA_KERNEL_VERSION
+
+    @register_funcify_default_op_cache_key(Corr2dInputGrad)
+    def numba_funcify_corr2d_input_grad(op, node, **kwargs):
+        cast_g, cast_k = caster(node, 1), caster(node, 2)
+
+        @numba_basic.numba_njit
+        def corr2d_input_grad_op_nb(x, g, k):
+            return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2])
+
+        return corr2d_input_grad_op_nb, _NUMBA_KERNEL_VERSION
+
+    @register_funcify_default_op_cache_key(MaxPool2x2)
+    def numba_funcify_max_pool(op, node, **kwargs):
+        @numba_basic.numba_njit
+        def max_pool_nb(x):
+            n, h, w, c = x.shape
+            out = np.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
+            _max_pool_kernel(x, out)
+            return out
+
+        return max_pool_nb, _NUMBA_KERNEL_VERSION
+
+    @register_funcify_default_op_cache_key(MaxPool2x2Grad)
+    def numba_funcify_max_pool_grad(op, node, **kwargs):
+        dtype = np.dtype(node.outputs[0].dtype)
+
+        @numba_basic.numba_njit
+        def max_pool_grad_nb(x, gz):
+            gx = np.zeros(x.shape, dtype=dtype)
+            _max_pool_grad_kernel(x, gz, gx)
+            return gx
+
+        return max_pool_grad_nb, _NUMBA_KERNEL_VERSION
+
+    @register_funcify_default_op_cache_key(ZeroPad2d)
+    def numba_funcify_zero_pad(op, node, **kwargs):
+        rows, cols = op.rows, op.cols
+
+        @numba_basic.numba_njit
+        def zero_pad_nb(x):
+            n, h, w, c = x.shape
+            out = np.zeros((n, h + 2 * rows, w + 2 * cols, c), dtype=x.dtype)
+            out[:, rows : rows + h, cols : cols + w, :] = x
+            return out
+
+        return zero_pad_nb, _NUMBA_KERNEL_VERSION
+
+
+# --- JAX: the same Ops through XLA ---------------------------------------------------------------------
+# The convolution is lax.conv_general_dilated (a cross-correlation, like Corr2dValid; conv2d flips
+# the filters in the graph); its two gradients are the forward's vjp, so XLA derives them. Max
+# pooling pads odd sizes with -inf (ignore_border=False) and routes each gradient to the first
+# maximum of its window in row-major order, exactly as the C and Numba kernels do.
+
+
+def _register_jax() -> None:
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    def corr(x, k):  # x (N, H, W, C), k (F, C, kh, kw)
+        return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "OIHW", "NHWC"))
+
+    def as_dtype(node):
+        dtype = node.outputs[0].dtype
+        return lambda v: jnp.asarray(v, dtype=dtype)
+
+    @jax_funcify.register(Corr2dValid)
+    def jax_funcify_corr2d_valid(op, node, **kwargs):
+        cast = as_dtype(node)
+        return lambda x, k: corr(cast(x), cast(k))
+
+    @jax_funcify.register(Corr2dWeights)
+    def jax_funcify_corr2d_weights(op, node, **kwargs):
+        cast = as_dtype(node)
+
+        def corr2d_weights_jax(x, g):
+            x, g = cast(x), cast(g)
+            kh, kw = x.shape[1] - g.shape[1] + 1, x.shape[2] - g.shape[2] + 1
+            zero_k = jnp.zeros((g.shape[3], x.shape[3], kh, kw), dtype=x.dtype)  # linear in k: any point
+            _, pullback = jax.vjp(lambda k: corr(x, k), zero_k)
+            return pullback(g)[0]
+
+        return corr2d_weights_jax
+
+    @jax_funcify.register(Corr2dInputGrad)
+    def jax_funcify_corr2d_input_grad(op, node, **kwargs):
+        cast = as_dtype(node)
+
+        def corr2d_input_grad_jax(x, g, k):
+            g, k = cast(g), cast(k)
+            zero_x = jnp.zeros((g.shape[0], x.shape[1], x.shape[2], k.shape[1]), dtype=g.dtype)
+            _, pullback = jax.vjp(lambda v: corr(v, k), zero_x)
+            return pullback(g)[0]
+
+        return corr2d_input_grad_jax
+
+    def pad_even(x):
+        """Pad rows and columns to even counts with -inf: the ceil-mode windows."""
+        h, w = x.shape[1], x.shape[2]
+        return jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+
+    def corners(x):
+        return [x[:, a::2, b::2, :] for a in (0, 1) for b in (0, 1)]  # row-major window order
+
+    def max_pool(x):
+        top_left, top_right, bottom_left, bottom_right = corners(pad_even(x))
+        return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+
+    @jax_funcify.register(MaxPool2x2)
+    def jax_funcify_max_pool(op, node, **kwargs):
+        return max_pool
+
+    @jax_funcify.register(MaxPool2x2Grad)
+    def jax_funcify_max_pool_grad(op, node, **kwargs):
+        cast = as_dtype(node)
+
+        def max_pool_grad_jax(x, gz):
+            gz = cast(gz)
+            padded = pad_even(x)
+            pooled = max_pool(x)
+            gx = jnp.zeros(padded.shape, dtype=gz.dtype)
+            taken = jnp.zeros(pooled.shape, dtype=bool)
+            for (a, b), corner in zip(((0, 0), (0, 1), (1, 0), (1, 1)), corners(padded)):
+                hit = (corner == pooled) & ~taken
+                gx = gx.at[:, a::2, b::2, :].set(jnp.where(hit, gz, 0))
+                taken = taken | hit
+            return gx[:, : x.shape[1], : x.shape[2], :]
+
+        return max_pool_grad_jax
+
+    @jax_funcify.register(ZeroPad2d)
+    def jax_funcify_zero_pad(op, node, **kwargs):
+        widths = ((0, 0), (op.rows, op.rows), (op.cols, op.cols), (0, 0))
+        return lambda x: jnp.pad(x, widths)
+
+
+_registered: set[str] = set()
+
+
+def register_backend(name: str) -> None:
+    """Teach PyTensor's `name` linker ("numba" or "jax") to run these Ops natively; idempotent."""
+    if name in _registered:
+        return
+    if name == "numba":
+        _register_numba()
+    elif name == "jax":
+        _register_jax()
+    _registered.add(name)

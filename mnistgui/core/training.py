@@ -209,8 +209,8 @@ class NeuralModel:
 
     def get_state(self) -> dict:
         return {
-            "params": OrderedDict((k, v.get_value()) for k, v in self.params.items()),
-            "optimizer": OrderedDict((k, v.get_value()) for k, v in self.optimizer_state.items()),
+            "params": OrderedDict((k, np.asarray(v.get_value())) for k, v in self.params.items()),  # JAX: not NumPy
+            "optimizer": OrderedDict((k, np.asarray(v.get_value())) for k, v in self.optimizer_state.items()),
             "rng": self.rng.shared.get_value().bit_generator.state if self.rng else None,
             "training": {"config_changes": list(self.config_changes), "schedule_horizon": self.schedule_horizon,
                          "best_epoch": self.best_epoch},
@@ -262,7 +262,7 @@ class NeuralModel:
         return OrderedDict(zip(names, fn(_as_images(images))))
 
     def weights(self) -> OrderedDict[str, np.ndarray]:
-        return OrderedDict((k, v.get_value()) for k, v in self.params.items())
+        return OrderedDict((k, np.asarray(v.get_value())) for k, v in self.params.items())
 
 
 class KnnModel:
@@ -353,13 +353,19 @@ class Trainer:
         index = pt.iscalar("batch")
         size = model.config.batch_size
         batch = slice(index * size, (index + 1) * size)  # the last batch is simply shorter
-        self._train_fn = pytensor.function(
-            [index],
-            model.cost,
-            updates=model.updates,
-            givens={model.images: self._images_shared[batch], model.labels: self._labels_shared[batch]},
-            mode=model._mode(),
-        )
+        if model.backend == "jax":  # JAX traces static shapes: a slice by a traced index has none
+            step = pytensor.function([model.images, model.labels], model.cost, updates=model.updates,
+                                     mode=model._mode())
+            self._train_fn = lambda b: step(*(v.get_value(borrow=True)[b * size : (b + 1) * size]
+                                              for v in (self._images_shared, self._labels_shared)))
+        else:
+            self._train_fn = pytensor.function(
+                [index],
+                model.cost,
+                updates=model.updates,
+                givens={model.images: self._images_shared[batch], model.labels: self._labels_shared[batch]},
+                mode=model._mode(),
+            )
         # Numba compiles on the first call: make one step now and undo it, so that compile time
         # is reported as such and the first epoch's timing is the training alone.
         snapshot = model.get_state()

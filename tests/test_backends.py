@@ -1,0 +1,118 @@
+"""Every backend trains every model to the same numbers as the C backend, within float32 rounding."""
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from mnistgui.core import backend
+from mnistgui.core.config import MODELS, Config
+from mnistgui.core.errors import ConfigError
+from mnistgui.core.training import EpochResult, Trainer, create_model
+
+TRAINED = [m for m in MODELS if m != "knn"]
+# Small but complete: every layer kind of each model, two batches of 64.
+SMALL = dict(train_size=128, test_size=64, batch_size=64, epochs=1)
+SMALL_CONVNET = dict(conv_filters=(4, 6, 8), hidden_sizes=(16,))
+
+
+def _config(name: str, backend_name: str, **changes) -> Config:
+    extra = dict(SMALL, **(SMALL_CONVNET if name == "convnet" else {}))
+    return Config.for_model(name, backend=backend_name, **dict(extra, **changes))
+
+
+NO_DROPOUT = dict(input_dropout=0.0, hidden_dropout=0.0, conv_dropout=0.0)
+
+
+def _train(config: Config, mnist):
+    trainer = Trainer(create_model(config), mnist.subset(config.train_size, config.test_size))
+    (result,) = [r for r in trainer.train() if isinstance(r, EpochResult)]
+    return trainer, result
+
+
+def _assert_same_training(a, b, rtol=2e-4, atol=2e-5):
+    (trainer_a, result_a), (trainer_b, result_b) = a, b
+    assert result_b.cost == pytest.approx(result_a.cost, rel=rtol)
+    assert result_b.test_error == result_a.test_error
+    weights_a, weights_b = trainer_a.model.weights(), trainer_b.model.weights()
+    assert list(weights_a) == list(weights_b)
+    for name in weights_a:
+        assert isinstance(weights_b[name], np.ndarray) and weights_b[name].dtype == np.float32
+        np.testing.assert_allclose(weights_b[name], weights_a[name], rtol=rtol, atol=atol, err_msg=name)
+    images = trainer_a.test_images
+    np.testing.assert_allclose(trainer_b.model.predict_proba(images), trainer_a.model.predict_proba(images),
+                               rtol=rtol, atol=atol)
+
+
+# --- Numba ------------------------------------------------------------------------------------------
+
+
+def test_numba_compiles_the_convnet_without_object_mode(mnist):
+    """The conv, pooling and dropout-draw Ops all have native Numba implementations."""
+    trainer = Trainer(create_model(_config("convnet", "numba")), mnist.subset(128, 64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.compile()
+    object_mode = [str(w.message) for w in caught if "object mode" in str(w.message)]
+    assert object_mode == []
+
+
+@pytest.mark.parametrize("name", ["convnet", "dropout_mlp"])
+def test_numba_trains_like_c_dropout_included(mnist, name):
+    """Numba draws the dropout masks from the same NumPy stream, so even dropout models agree."""
+    _assert_same_training(_train(_config(name, "c"), mnist), _train(_config(name, "numba"), mnist))
+
+
+# --- JAX --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def jax():
+    return pytest.importorskip("jax")
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_jax_trains_like_c(mnist, jax, name):
+    """Same batches, same initial weights: the same epoch to float32 rounding. JAX draws dropout
+    masks from its own generator, so the comparison turns dropout off (tested on its own below)."""
+    _assert_same_training(_train(_config(name, "c", **NO_DROPOUT), mnist),
+                          _train(_config(name, "jax", **NO_DROPOUT), mnist))
+
+
+@pytest.mark.parametrize("name", ["dropout_mlp", "convnet"])
+def test_jax_trains_with_dropout_reproducibly(mnist, jax, name):
+    runs = [_train(_config(name, "jax", **changes), mnist)[0].model.weights() for changes in ({}, {}, NO_DROPOUT)]
+    for weight in runs[0]:
+        assert np.all(np.isfinite(runs[0][weight]))
+        np.testing.assert_array_equal(runs[1][weight], runs[0][weight])  # same seed, same masks
+    assert any(not np.array_equal(runs[2][w], runs[0][w]) for w in runs[0])  # the masks are really drawn
+
+
+def test_jax_dropout_draw_is_uniform_float32(jax):
+    import pytensor
+    import pytensor.tensor as pt
+
+    from mnistgui.core.layers import RngChain, dropout
+
+    rng = RngChain(3)
+    x = pt.matrix("x", dtype="float32")
+    fn = pytensor.function([x], dropout(x, 0.3, rng), updates=[rng.update], mode=backend.compile_mode("jax"))
+    ones = np.ones((200, 500), dtype=np.float32)
+    first, second = np.asarray(fn(ones)), np.asarray(fn(ones))
+    assert first.dtype == np.float32
+    assert set(np.unique(first)) <= {0.0, np.float32(1 / 0.7)}
+    assert abs((first == 0).mean() - 0.3) < 0.01
+    assert (first != second).any()  # the generator advances between calls
+
+
+def test_jax_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # what `import jax` does when it is not installed
+    with pytest.raises(ConfigError, match=r"pip install \"jax\[cpu\]\""):
+        backend.resolve_backend("jax")
+    with pytest.raises(ConfigError, match="jax"):
+        create_model(Config.for_model("logreg", backend="jax"))
+
+
+def test_auto_never_picks_jax():
+    assert backend.resolve_backend("auto") in ("c", "numba")
