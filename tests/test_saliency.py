@@ -33,8 +33,8 @@ def test_integrated_gradients_add_up_to_the_score_difference(saliency, mnist):
         explanation = saliency.explain(image, steps=64)
         difference = explanation.score - explanation.baseline_score
         differences.append(abs(difference))
-        assert abs(explanation.completeness_gap) <= 0.03 * abs(difference) + 1e-3, (explanation.completeness_gap,
-                                                                                    difference)
+        gap = explanation.completeness_gap
+        assert abs(gap) <= 0.03 * abs(difference) + 1e-3, (gap, difference)
     assert np.mean(differences) > 1.0  # real differences to account for (measured: gaps within 1.2% of them)
         assert explanation.integrated.shape == (28, 28) and explanation.integrated.dtype == np.float32
 
