@@ -36,7 +36,7 @@ def test_integrated_gradients_add_up_to_the_score_difference(saliency, mnist):
         gap = explanation.completeness_gap
         assert abs(gap) <= 0.03 * abs(difference) + 1e-3, (gap, difference)
         assert explanation.integrated.shape == (28, 28) and explanation.integrated.dtype == np.float32
-    assert np.mean(differences) > 1.0  # real differences to account for (measured: gaps within 1.2% of them)
+    assert np.mean(differences) > 0.5  # real differences to account for (measured: gaps within 1.2% of them)
 
 
 def test_integrated_gradients_credit_only_pixels_that_differ_from_the_baseline(saliency, mnist):
