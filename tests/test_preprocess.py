@@ -215,3 +215,14 @@ def test_predict_text_output_and_a_bad_model_file(model_file, mnist, tmp_path):
     assert line.startswith(f"{tmp_path / 'two.png'}: 2 (") and line.count(":") == 11  # after the file, and in each of 10 probabilities
     missing = run("predict", str(tmp_path / "nomodel.h5"), str(tmp_path / "two.png"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nomodel.h5" in missing.stderr
+
+
+def test_predict_with_a_nearest_neighbours_model(mnist, tmp_path):
+    knn = create_model(Config.for_model("knn", k=3))
+    knn.fit(mnist.train_images[:2000], mnist.train_labels[:2000])
+    save_model(knn, tmp_path / "knn.h5", "mnist")
+    for index in range(3):
+        _render(mnist.test_images[index], 5, (220, 200), (10 * index, 20)).save(tmp_path / f"{index}.png")
+    result = run("predict", str(tmp_path / "knn.h5"), *(str(tmp_path / f"{i}.png") for i in range(3)), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [row["class"] for row in json.loads(result.stdout)] == list(mnist.test_labels[:3])

@@ -93,6 +93,8 @@ def test_the_default_class_is_the_prediction_and_bad_input_is_refused(saliency, 
         saliency.gradient(np.zeros((27, 28)))
     with pytest.raises(ValueError, match="steps must be"):
         saliency.explain(image, steps=0)
+    with pytest.raises(ValueError, match="nearest neighbours has no gradient"):
+        Saliency(create_model(Config.for_model("knn")))
 
 
 def test_a_convnet_satisfies_completeness_too(mnist):

@@ -138,6 +138,8 @@ class Attacker:
 
     def __init__(self, model, mode=None):
         config = model.config
+        if not config.is_trainable:
+            raise AttackError("nearest neighbours has no gradient to follow: attack a trained model")
         pixels = pt.matrix("pixels", dtype="float32")
         classes = pt.ivector("classes")
         layers = build_layers(pixels, ExistingParameters(model.params, config.use_bias), config, None)

@@ -62,6 +62,8 @@ class Saliency:
 
     def __init__(self, model, mode=None):
         config = model.config
+        if not config.is_trainable:
+            raise ValueError("nearest neighbours has no gradient: saliency maps need a trained model")
         pixels = pt.matrix("pixels", dtype="float32")
         classes = pt.ivector("classes")
         layers = build_layers(pixels, ExistingParameters(model.params, config.use_bias), config, None)
