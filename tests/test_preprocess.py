@@ -69,7 +69,8 @@ def test_a_digit_at_the_edge_stays_in_the_field():
     assert abs(centre_row - CENTRE) <= 0.5 and centre_col < CENTRE - 2
 
 
-@pytest.mark.parametrize("blank", [np.zeros((28, 28)), np.full((64, 64), 0.05), np.zeros((5, 5), np.uint8)])
+@pytest.mark.parametrize("blank", [np.zeros((28, 28)), np.full((64, 64), 0.05), np.full((30, 40), 0.6),
+                                   np.zeros((5, 5), np.uint8)])
 def test_a_blank_canvas_has_no_ink(blank):
     with pytest.raises(NoInkError, match="no ink"):
         prepare_digit(blank)

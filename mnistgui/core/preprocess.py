@@ -7,6 +7,10 @@ set, the centre of mass sits at (14.0, 14.0) in pixel indices (std 0.29: whole-p
 digit's ink spans 20 pixels along its longer side. `prepare_digit` does the same to any image with
 bright ink on a dark ground (a drawing pad's canvas); `load_image_file` reads a PNG or JPEG, dark ink
 on light paper or light on dark, and hands `prepare_digit` bright ink on black.
+
+Measured: 500 MNIST test digits drawn 4 to 8 times larger, dark on light, off-centre on larger canvases
+and saved as PNG and JPEG, are classified from the files within 0.6 points of the 28x28 arrays' accuracy
+(eight draws; tests/test_preprocess.py).
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ def _as_unit_float(gray: np.ndarray) -> np.ndarray:
 
 def ink_box(gray: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right), bottom and right exclusive, of the pixels brighter than `threshold`
-    times the brightest; None when the image is dark throughout."""
+    times the brightest; None when nothing stands out (a dark or uniform image)."""
     values = _as_unit_float(gray)
     peak = float(values.max())
-    if peak < MIN_CONTRAST:
+    if peak - float(values.min()) < MIN_CONTRAST:  # dark, or one grey throughout
         return None
     ink = values >= threshold * peak
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
