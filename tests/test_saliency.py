@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mnistgui.core.config import Config
-from mnistgui.core.saliency import Saliency
+from mnistgui.core.saliency import Saliency, normalised
 from mnistgui.core.training import Trainer, create_model
 
 
@@ -105,3 +105,14 @@ def test_a_convnet_satisfies_completeness_too(mnist):
         explanation = saliency.explain(image, steps=64)
         difference = explanation.score - explanation.baseline_score
         assert abs(explanation.completeness_gap) <= 0.05 * abs(difference) + 0.02
+
+
+def test_maps_are_normalised_for_display_with_zero_kept(saliency, mnist):
+    heat = saliency.integrated_gradients(mnist.test_images[0], steps=16)
+    shown = normalised(heat)
+    assert shown.min() >= -1 and shown.max() <= 1 and (np.abs(shown) == 1).any()
+    np.testing.assert_array_equal(np.sign(shown), np.sign(heat))
+    assert np.all(normalised(np.zeros((28, 28))) == 0)
+    single = np.zeros((28, 28))
+    single[3, 4] = -2.0  # one pixel: the 99th percentile is 0, so the maximum scales
+    assert normalised(single)[3, 4] == -1.0

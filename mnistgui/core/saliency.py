@@ -130,3 +130,15 @@ class Saliency:
             integrated=integrated.reshape(IMAGE_SIDE, IMAGE_SIDE),
             score=float(logits[target]), baseline_score=baseline_score,
         )
+
+
+def normalised(heat_map: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """A map scaled into [-1, 1] for display, zero kept at zero: divided by the `percentile` of its
+    absolute values (a few extreme pixels would otherwise wash the rest out), then clipped."""
+    values = np.asarray(heat_map, dtype=np.float32)
+    scale = float(np.percentile(np.abs(values), percentile)) if values.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(np.abs(values).max()) if values.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        return np.zeros_like(values)
+    return np.clip(values / np.float32(scale), -1.0, 1.0)
