@@ -105,7 +105,8 @@ def test_dark_on_light_light_on_dark_and_transparent_files_agree(tmp_path, mnist
     rgba[..., 3] = alpha
     Image.fromarray(rgba, "RGBA").save(tmp_path / "transparent.png")
     # Pencil on grey paper, in colour, as a photo: a ground of 200, ink of 60.
-    grey = (200 - np.asarray(_render(digit, 5, (260, 240), (20, 40), dark_on_light=False)) * (140 / 255)).astype(np.uint8)
+    ink = np.asarray(_render(digit, 5, (260, 240), (20, 40), dark_on_light=False))
+    grey = (200 - ink * (140 / 255)).astype(np.uint8)
     Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB").save(tmp_path / "photo.jpg", quality=85)
 
     paper = load_image_file(tmp_path / "paper.png")
@@ -213,7 +214,8 @@ def test_predict_text_output_and_a_bad_model_file(model_file, mnist, tmp_path):
     result = run("predict", str(path), str(tmp_path / "two.png"))
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
-    assert line.startswith(f"{tmp_path / 'two.png'}: 2 (") and line.count(":") == 11  # after the file, and in each of 10 probabilities
+    assert line.startswith(f"{tmp_path / 'two.png'}: 2 (")
+    assert line.count(":") == 11  # after the file, and in each of the 10 probabilities
     missing = run("predict", str(tmp_path / "nomodel.h5"), str(tmp_path / "two.png"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nomodel.h5" in missing.stderr
 

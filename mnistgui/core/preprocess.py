@@ -170,7 +170,8 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: too many pixels for a digit") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{name}: cannot read the image ({' '.join(str(exc).split()) or type(exc).__name__})") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageError(f"{name}: cannot read the image ({reason})") from None
     if alpha is not None and alpha.min() < 1.0:
         # Ink drawn on a transparent ground: lay it on a ground that contrasts with the ink.
         ink_level = float((gray * alpha).sum() / max(alpha.sum(), 1e-6))

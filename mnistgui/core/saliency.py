@@ -115,18 +115,16 @@ class Saliency:
         alphas = (np.arange(steps, dtype=np.float32) + np.float32(0.5)) / np.float32(steps)  # midpoints
         path = start[None, :] + alphas[:, None] * (pixels - start)[None, :]
         total = np.zeros(pixels.shape, dtype=np.float64)
-        plain = None
         for first in range(0, steps, IG_CHUNK):
             part = path[first : first + IG_CHUNK]
             gradients, _ = self._gradient(np.ascontiguousarray(part), np.full(len(part), target, np.int32))
             total += gradients.sum(axis=0, dtype=np.float64)
-        gradient, _ = self._gradient(pixels[None, :], np.array([target], np.int32))
-        plain = gradient[0]
+        plain, _ = self._gradient(pixels[None, :], np.array([target], np.int32))
         integrated = ((pixels - start) * (total / steps)).astype(np.float32)
         baseline_score = float(self._logits(start[None, :])[0][0, target])
         return Explanation(
             target=target, predicted=int(np.argmax(probs)), probs=probs,
-            gradient=plain.reshape(IMAGE_SIDE, IMAGE_SIDE),
+            gradient=plain[0].reshape(IMAGE_SIDE, IMAGE_SIDE),
             integrated=integrated.reshape(IMAGE_SIDE, IMAGE_SIDE),
             score=float(logits[target]), baseline_score=baseline_score,
         )
