@@ -299,3 +299,23 @@ def test_attack_refuses_knn_and_missing_files(tmp_path, mnist):
     assert result.returncode == 2 and "nearest-neighbours model: attacks follow a gradient" in result.stderr
     missing = run("attack", str(tmp_path / "none.h5"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "none.h5" in missing.stderr
+
+
+def test_mixed_adversarial_cost_with_dropout_advances_both_streams(mnist):
+    config = Config.for_model("dropout_mlp", hidden_sizes=(32, 32), seed=2)  # input and hidden dropout on
+    model = create_model(config)
+    x = pt.matrix("x", dtype="uint8")
+    y = pt.ivector("y")
+    pixels = pt.cast(x, "float32") * np.float32(1 / 255)
+    # Fresh chains: the model's own `rng` already continues its training graph's draws.
+    attack_rng, dropout_rng = RngChain(5, name="attack_rng"), RngChain(6)
+    settings = AdversarialTraining("pgd", eps=0.2, steps=2, weight=0.5)
+    cost = adversarial_training_cost(model, pixels, y, settings, attack_rng, dropout_rng)
+    fn = pytensor.function([x, y], cost, updates=[attack_rng.update, dropout_rng.update],
+                           mode=backend.compile_mode(model.backend))
+    batch, labels = mnist.train_images[:64].reshape(64, -1), mnist.train_labels[:64].astype(np.int32)
+    states = [chain.shared.get_value().bit_generator.state["state"] for chain in (attack_rng, dropout_rng)]
+    first, second = fn(batch, labels), fn(batch, labels)
+    assert np.isfinite(first) and first > 0 and first != second  # new dropout masks and starts each call
+    assert attack_rng.shared.get_value().bit_generator.state["state"] != states[0]
+    assert dropout_rng.shared.get_value().bit_generator.state["state"] != states[1]
