@@ -24,6 +24,7 @@ setup(
         "h5py>=3.10",
         "PyQt5>=5.15",
         "pyqtgraph>=0.13.7",
+        "Pillow>=10",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-qt>=4.4", "pytest-timeout>=2.3", "hypothesis>=6.100", "scipy>=1.11",

@@ -28,7 +28,7 @@ from .core.config import (
 from .core.errors import ConfigError, MnistguiError
 from .core.presets import PRESETS, preset
 
-SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench", "reproduce")
+SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench", "reproduce", "predict", "attack")
 GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .reproduce import add_parser as add_reproduce_parser
 
     add_reproduce_parser(commands, _add_data_options)
+    from .lab_cli import add_parsers as add_lab_parsers
+    add_lab_parsers(commands, _add_data_options)
     return parser
 
 
