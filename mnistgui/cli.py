@@ -393,7 +393,7 @@ def cmd_info(args) -> int:
             "versions": header["versions"],
             "format_version": header["format_version"],
             "saved_at": header["saved_at"],
-            **header["training_state"],
+            **{key: value for key, value in header["training_state"].items() if key != "attack_rng"},
         })
         return 0
     print(f"{args.file}: {MODEL_TITLES[config.model]} ({config.model}), {header['epochs_done']} epochs on "

@@ -102,7 +102,7 @@ def cmd_predict(args) -> int:
 def cmd_attack(args) -> int:
     import numpy as np
 
-    from .cli import _load_data, _print_json
+    from .cli import _print_json, _workspace
     from .core.attacks import AttackError, Attacker
     from .core.modelfile import load_model
 
@@ -120,7 +120,11 @@ def cmd_attack(args) -> int:
     model, _ = load_model(args.file)
     if not model.config.is_trainable:
         raise MnistguiError(f"{args.file} is a nearest-neighbours model: attacks follow a gradient, and it has none")
-    dataset = _load_data(model.config.dataset, args.data, not args.no_download).subset(0, args.test_size)
+    workspace = _workspace(args)
+    try:
+        dataset = workspace.dataset(model.config.dataset).subset(0, args.test_size)
+    finally:
+        workspace.close()
     attacker = Attacker(model)
     tty = sys.stderr.isatty()
 

@@ -14,9 +14,8 @@ from mnistgui.core.attacks import (
 )
 from mnistgui.core.config import Config
 from mnistgui.core.layers import RngChain
-from mnistgui.core.modelfile import save_model
-from mnistgui.core.optimizers import make_updates
-from mnistgui.core.training import Trainer, create_model
+from mnistgui.core.modelfile import load_model, save_model
+from mnistgui.core.training import Trainer, TrainingControl, create_model
 
 from .test_cli import run
 
@@ -209,30 +208,20 @@ def test_adversarial_batch_graph_stays_in_bounds_and_raises_the_loss(logreg, mni
     assert np.mean(attacker.predict(first) == batch_labels) < np.mean(attacker.predict(batch) == batch_labels) - 0.2
 
 
-def _train_with(config, settings, images, labels):
-    """A model trained one epoch with `adversarial_training_cost`, as the Trainer would integrate it."""
+def _trained_on_6000(config, mnist):
+    """One epoch on 6,000 images through the real Trainer, adversarial training set in the config."""
     model = create_model(config)
-    x = pt.matrix("x", dtype="uint8")
-    y = pt.ivector("y")
-    pixels = pt.cast(x, "float32") * np.float32(1 / 255)
-    attack_rng = RngChain(config.seed + 2, name="attack_rng")
-    cost = adversarial_training_cost(model, pixels, y, settings, attack_rng, None)
-    updates, _ = make_updates(cost, model.params, config, model.learning_rate)
-    if attack_rng.used:
-        updates.append(attack_rng.update)
-    step = pytensor.function([x, y], cost, updates=updates, mode=backend.compile_mode(model.backend))
-    for start in range(0, len(images), config.batch_size):
-        step(images[start : start + config.batch_size], labels[start : start + config.batch_size])
+    for _ in Trainer(model, mnist.subset(6000, 100)).train(1, evaluate=False):
+        pass
     return model
 
 
 def test_fgsm_adversarial_training_makes_a_model_more_robust(mnist):
     config = Config.for_model("dropout_mlp", hidden_sizes=(128,), input_dropout=0.0, hidden_dropout=0.0, seed=4,
                               use_bias=True, init="he", optimizer="adam", learning_rate=0.002, batch_size=64)
-    images = mnist.train_images[:6000].reshape(6000, -1)
-    labels = mnist.train_labels[:6000].astype(np.int32)
-    plain = _train_with(config, AdversarialTraining(), images, labels)
-    robust = _train_with(config, AdversarialTraining("fgsm", eps=0.1), images, labels)
+    plain = _trained_on_6000(config, mnist)
+    robust = _trained_on_6000(config.replace(adv_training="fgsm", adv_eps=0.1), mnist)
+    assert robust.attack_rng is not None and plain.attack_rng is None
     test_images, test_labels = mnist.test_images[:1000], mnist.test_labels[:1000]
     accuracy = {}
     for name, model in (("plain", plain), ("robust", robust)):
@@ -244,6 +233,27 @@ def test_fgsm_adversarial_training_makes_a_model_more_robust(mnist):
     # Robust against FGSM and against the stronger PGD too: not a masked gradient.
     assert accuracy["robust"][1] > accuracy["plain"][1] + 0.15, accuracy
     assert accuracy["robust"][2] > accuracy["plain"][2] + 0.1, accuracy
+
+
+def test_adversarial_training_resumes_bit_for_bit_through_a_file(mnist, tmp_path):
+    config = Config.for_model("mlp", hidden_sizes=(32,), adv_training="pgd", adv_eps=0.1, adv_steps=3, epochs=2,
+                              shuffle=True, seed=9, backend="c")
+    data = mnist.subset(600, 100)
+    straight = create_model(config)
+    for _ in Trainer(straight, data).train():
+        pass
+    first = create_model(config)
+    control = TrainingControl()
+    control.stop_after_epoch = True
+    for _ in Trainer(first, data).train(control=control):
+        pass
+    save_model(first, tmp_path / "one.h5")
+    resumed, _ = load_model(tmp_path / "one.h5")
+    assert resumed.get_state()["training"]["attack_rng"] == first.get_state()["training"]["attack_rng"]
+    for _ in Trainer(resumed, data).train(1):
+        pass
+    for name, value in straight.weights().items():
+        np.testing.assert_array_equal(resumed.weights()[name], value, err_msg=name)
 
 
 # --- the command line -----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ INIT_TITLES = {"normal": "normal N(0, std²)", "glorot": "Glorot uniform", "he":
 INITS = tuple(INIT_TITLES)
 DATASET_TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
 DATASETS = tuple(DATASET_TITLES)
+ADVERSARIAL_TITLES = {"off": "off", "fgsm": "FGSM, random start", "pgd": "PGD"}
 BACKEND_TITLES = {
     "auto": "auto (c with a C++ compiler, else numba)",
     "c": "c: compiled C (CVM) + NumPy's BLAS",
@@ -44,7 +45,7 @@ BACKEND_TITLES = {
 }
 BACKENDS = tuple(BACKEND_TITLES)
 
-GROUPS = ("Data", "Model", "Optimizer", "Schedule", "Augmentation", "Run")
+GROUPS = ("Data", "Model", "Optimizer", "Schedule", "Augmentation", "Adversarial", "Run")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,14 @@ def _only_for_schedules(*names):
 
 def _only_with_elastic(config) -> str:
     return "" if config.elastic_alpha > 0 else "only used with an elastic alpha above 0"
+
+
+def _only_with_adversarial(config) -> str:
+    return "" if config.adv_training != "off" else "only used with adversarial training"
+
+
+def _only_with_pgd(config) -> str:
+    return "" if config.adv_training == "pgd" else "only used by PGD adversarial training"
 
 
 def _only_with_validation(config) -> str:
@@ -220,6 +229,22 @@ SETTINGS_LIST = [
     Setting("elastic_sigma", "float", 4.0, "Elastic sigma", "smoothness of the elastic distortions, in pixels",
             "Augmentation", flag="--elastic-sigma", low=0.5, high=20.0, step=0.5, decimals=1, models=_TRAINED,
             active_when=_only_with_elastic, changeable=True),
+    # --- adversarial training ---
+    Setting("adv_training", "choice", "off", "Adversarial training", "attack each training batch before the "
+            "step: FGSM with a random start (Wong et al. 2020) or PGD (Madry et al. 2018)", "Adversarial",
+            flag="--adv", choices=ADVERSARIAL_TITLES, models=_TRAINED, changeable=True),
+    Setting("adv_eps", "float", 0.1, "Attack budget (eps)", "L-infinity budget of the training attack, pixels "
+            "in [0, 1]", "Adversarial", flag="--adv-eps", low=0.0, high=0.5, step=0.05, decimals=3, models=_TRAINED,
+            active_when=_only_with_adversarial, changeable=True),
+    Setting("adv_step", "float", 0.0, "Attack step (x eps)", "step size as a multiple of eps (0: 1.25 for FGSM, "
+            "2.5 / steps for PGD)", "Adversarial", flag="--adv-step", low=0.0, high=10.0, step=0.25, decimals=2,
+            special_zero="auto", models=_TRAINED, active_when=_only_with_adversarial, changeable=True),
+    Setting("adv_steps", "int", 7, "PGD steps", "steps of the PGD training attack", "Adversarial",
+            flag="--adv-steps", low=1, high=100, models=_TRAINED, active_when=_only_with_pgd, changeable=True),
+    Setting("adv_weight", "float", 1.0, "Adversarial share", "share of the cost taken on the attacked batch "
+            "(1: attacked only, as Madry and Wong; 0.5: Goodfellow's mix)", "Adversarial", flag="--adv-weight",
+            low=0.0, high=1.0, step=0.1, decimals=2, models=_TRAINED, active_when=_only_with_adversarial,
+            changeable=True),
     # --- run ---
     Setting("batch_size", "int", 128, "Batch size", "images per update", "Run",
             flag="--batch-size", low=1, high=60000, step=32, models=_TRAINED, changeable=True),

@@ -7,7 +7,8 @@ Layout (format 1):
     /optimizer/<n>   optimizer state (e.g. "w_h.acc" for RMSprop's running mean of g^2)
     /history/<col>   epoch, train_error, test_error, cost, seconds, images_per_second, eval_seconds,
                      and (optional, NaN when absent) val_error, learning_rate, and class_accuracy (n, 10)
-                     attrs (optional): training_state (JSON: config_changes, schedule_horizon, best_epoch)
+                     attrs (optional): training_state (JSON: config_changes, schedule_horizon, best_epoch,
+                     attack_rng: the adversarial-training attack's generator state)
     /knn/images, /knn/labels   kNN only: the stored training set (gzip-compressed uint8)
 
 Nothing is ever unpickled: only numeric datasets and string attributes are read. A model file is
@@ -99,11 +100,7 @@ def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -
     history.create_dataset("class_accuracy", data=np.array([r.class_accuracy for r in model.history],
                                                              dtype=np.float64).reshape(-1, 10))
     if isinstance(model, NeuralModel):
-        history.attrs["training_state"] = json.dumps({
-            "config_changes": model.config_changes,
-            "schedule_horizon": model.schedule_horizon,
-            "best_epoch": model.best_epoch,
-        })
+        history.attrs["training_state"] = json.dumps(model.get_state()["training"])
     if isinstance(model, KnnModel):
         group = f.create_group("knn")
         group.create_dataset("images", data=model.train_images, compression="gzip", compression_opts=4)
@@ -264,7 +261,7 @@ def _header(f: h5py.File, path: Path) -> dict:
 
 def _training_state(history_group, epochs_done: int, path: Path) -> dict:
     """Resumes' setting changes, the schedule's horizon and the best epoch; defaults for older files."""
-    state = {"config_changes": [], "schedule_horizon": 0, "best_epoch": 0}
+    state = {"config_changes": [], "schedule_horizon": 0, "best_epoch": 0, "attack_rng": None}
     value = _attribute(history_group, "training_state", path)
     if value is None:
         return state
@@ -282,6 +279,13 @@ def _training_state(history_group, epochs_done: int, path: Path) -> dict:
     if state["best_epoch"] > epochs_done:
         raise ModelFileError(f"{path}: best epoch {state['best_epoch']} is beyond the {epochs_done} epochs done")
     state["config_changes"] = stored.get("config_changes", [])
+    attack_rng = stored.get("attack_rng")
+    if attack_rng is not None:
+        try:
+            np.random.default_rng().bit_generator.state = attack_rng
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"{path}: invalid training-attack RNG state ({exc})") from None
+        state["attack_rng"] = attack_rng
     return state
 
 
@@ -301,9 +305,8 @@ def load_model(path: str | os.PathLike) -> tuple[Model, dict]:
             _check_parameter_count(config, path)
             model = create_model(config)
             model.history = header["history"]
-            for key, value in header["training_state"].items():
-                setattr(model, key, value)
             _load_neural_state(f, model, path)
+            model.set_training_state(header["training_state"])
     except ModelFileError:
         raise
     except _DAMAGE as exc:

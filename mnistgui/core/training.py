@@ -20,12 +20,13 @@ import pytensor
 import pytensor.tensor as pt
 
 from . import backend
+from .attacks import AdversarialTraining, adversarial_training_cost
 from .augment import Augmentation, augment
 from .config import Config, config_changes
 from .data import Dataset
 from .errors import ConfigError, TrainingDiverged
 from .knn import iter_nearest, nearest_neighbours, vote
-from .layers import RngChain, cross_entropy
+from .layers import RngChain
 from .models import N_CLASSES, ExistingParameters, build_layers, check_size, init_parameters
 from .optimizers import make_updates
 from .schedules import learning_rate_at
@@ -174,12 +175,15 @@ class NeuralModel:
         pixels = pt.cast(self.images, "float32") * np.float32(1.0 / 255.0)
         # The training and prediction graphs are twins over the same shared weights: dropout on, off.
         self.params = init_parameters(config)
-        noisy = build_layers(pixels, ExistingParameters(self.params, config.use_bias), config, self.rng)
         self.layers = build_layers(pixels, ExistingParameters(self.params, config.use_bias), config, None)
-        self.cost = cross_entropy(noisy["logits"], self.labels)
+        # The training cost, over the batch attacked first when adversarial training is on.
+        self.adversarial = AdversarialTraining.from_config(config)
+        self.attack_rng = RngChain(config.seed + 2, name="attack_rng") if self.adversarial.active else None
+        self.cost = adversarial_training_cost(self, pixels, self.labels, self.adversarial, self.attack_rng, self.rng)
         updates, self.optimizer_state = make_updates(self.cost, self.params, config, self.learning_rate)
-        if self.rng is not None and self.rng.used:
-            updates.append(self.rng.update)
+        for chain in (self.rng, self.attack_rng):
+            if chain is not None and chain.used:
+                updates.append(chain.update)
         self.updates = updates
         self._predict = None
         self._layer_fn = None
@@ -213,7 +217,8 @@ class NeuralModel:
             "optimizer": OrderedDict((k, np.asarray(v.get_value())) for k, v in self.optimizer_state.items()),
             "rng": self.rng.shared.get_value().bit_generator.state if self.rng else None,
             "training": {"config_changes": list(self.config_changes), "schedule_horizon": self.schedule_horizon,
-                         "best_epoch": self.best_epoch},
+                         "best_epoch": self.best_epoch,
+                         "attack_rng": self.attack_rng.shared.get_value().bit_generator.state if self.attack_rng else None},
         }
 
     def set_state(self, state: dict) -> None:
@@ -226,9 +231,17 @@ class NeuralModel:
             generator.bit_generator.state = state["rng"]
             self.rng.shared.set_value(generator)
         if "training" in state:
-            self.config_changes = list(state["training"]["config_changes"])
-            self.schedule_horizon = state["training"]["schedule_horizon"]
-            self.best_epoch = state["training"]["best_epoch"]
+            self.set_training_state(state["training"])
+
+    def set_training_state(self, training: dict) -> None:
+        """Resumes' setting changes, the schedule's horizon, the best epoch, the training attack's draws."""
+        self.config_changes = list(training.get("config_changes", []))
+        self.schedule_horizon = training.get("schedule_horizon", 0)
+        self.best_epoch = training.get("best_epoch", 0)
+        if self.attack_rng is not None and training.get("attack_rng") is not None:
+            generator = np.random.default_rng()
+            generator.bit_generator.state = training["attack_rng"]
+            self.attack_rng.shared.set_value(generator)
 
     # --- prediction ---------------------------------------------------------------------------
 
