@@ -140,5 +140,8 @@ def test_closing_during_compilation_is_clean(qtbot, window):
     with qtbot.waitSignal(window.state_changed, timeout=30_000, check_params_cb=lambda s: s == "compiling"):
         window.start_training()
     worker = window.worker
-    assert window.close()
-    assert not worker.isRunning() and window.current.model.epochs_done == 0
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        window.close()  # never waits: hidden at once, closed when the worker has stopped
+        assert not window.isVisible()
+    qtbot.waitUntil(lambda: not window.workspace.snapshot_folder.exists(), timeout=10_000)
+    assert not worker.isRunning() and window.current.epochs_done == 0
