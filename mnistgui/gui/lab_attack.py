@@ -164,7 +164,7 @@ class AttackView(QtWidgets.QWidget):
         self.eps_slider.setValue(20)
         self.eps_slider.setToolTip("The largest change of any pixel (pixels in [0, 1])")
         self.eps_label = QtWidgets.QLabel()
-        self.eps_label.setMinimumWidth(120)
+        self.eps_label.setFixedWidth(self.eps_label.fontMetrics().horizontalAdvance("0.500 (127.5 grey levels)") + 8)
         for widget in (QtWidgets.QLabel("Attack"), self.source_box, self.index_spin, QtWidgets.QLabel("with"),
                        self.method_box, self.steps_spin, QtWidgets.QLabel("eps")):
             row.addWidget(widget)
@@ -189,6 +189,7 @@ class AttackView(QtWidgets.QWidget):
         middle = QtWidgets.QVBoxLayout()
         self.verdict = QtWidgets.QLabel()
         self.verdict.setAlignment(QtCore.Qt.AlignCenter)
+        self.verdict.setWordWrap(True)  # a long verdict wraps rather than widening the window
         middle.addWidget(self.verdict)
         self.bars = ProbabilityBars()
         self.bars.setToolTip("Bars: on the adversarial image. Dashed outlines: on the original.")
@@ -217,15 +218,15 @@ class AttackView(QtWidgets.QWidget):
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QtWidgets.QProgressBar()
-        self.progress.setMaximumWidth(200)
-        self.progress.setFormat("%p%")
-        self.progress.hide()  # shown while a curve is computed
+        self.progress.setFixedWidth(160)  # changes in it must not re-lay out the tab: that repaints every plot
+        self.progress.setFormat("")
         self.curve_status = QtWidgets.QLabel()
         self.export_csv_button = QtWidgets.QPushButton("CSV…")
         self.export_png_button = QtWidgets.QPushButton("PNG…")
         self.export_csv_button.setToolTip("Export every curve as CSV")
         self.export_png_button.setToolTip("Export the plot as PNG")
-        self.curve_status.setWordWrap(True)
+        # Its text changes while the curve is computed: a fixed size keeps that from re-laying out the tab.
+        self.curve_status.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Fixed)
         controls.addWidget(QtWidgets.QLabel("<b>Accuracy against eps</b> at"))
         controls.addWidget(self.eps_edit, 1)
         for widget in (QtWidgets.QLabel("on"), self.images_spin, self.compute_button, self.cancel_button):
@@ -402,7 +403,7 @@ class AttackView(QtWidgets.QWidget):
         worker.finished.connect(self._worker_finished)
         self.worker = worker
         self.progress.setRange(0, 0)
-        self.progress.show()
+        self.progress.setFormat("%p%")
         self.curve_status.setText("starting…")
         self._update_enabled()
         self.launch(worker)
@@ -421,7 +422,7 @@ class AttackView(QtWidgets.QWidget):
         self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.hide()
+        self.progress.setFormat("")
         self._update_enabled()
 
     def _curve_failed(self, message: str) -> None:
