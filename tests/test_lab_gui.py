@@ -128,6 +128,7 @@ def test_undo_and_clear(qtbot, window, model_files):
 def test_a_drawn_digit_opens_in_the_feature_map_viewer_and_the_attack(qtbot, window, model_files):
     _open(qtbot, window, model_files["mlp"])
     view = window.draw_view
+    window.tabs.setCurrentWidget(view)
     _stroke(view.pad, _line((150, 40), (150, 240)))
     qtbot.waitUntil(lambda: view.probs is not None, timeout=60_000)
     view.features_button.click()
@@ -154,12 +155,24 @@ def test_a_drawn_digit_opens_in_the_feature_map_viewer_and_the_attack(qtbot, win
 
 def test_without_a_model_the_views_say_so(qtbot, window):
     view = window.draw_view
+    window.tabs.setCurrentWidget(view)
     _stroke(view.pad, _line((140, 40), (140, 240)))
     qtbot.waitUntil(lambda: "train or open a model first" in view.status.text(), timeout=10_000)
     assert view.probs is None and view.digit is not None  # the drawing itself is kept
     attack = window.attack_view
+    window.tabs.setCurrentWidget(attack)
     assert not attack.compute_button.isEnabled() and attack.compute_curve() is False
-    assert "train or open a model first" in attack.live_status.text()
+    qtbot.waitUntil(lambda: "train or open a model first" in attack.live_status.text(), timeout=10_000)
+
+
+def test_hidden_views_ask_the_model_nothing(qtbot, window, model_files):
+    """Opening or training a run builds no lab model while the lab's tabs are hidden; showing one does."""
+    _open(qtbot, window, model_files["logreg"])
+    assert window.tabs.currentWidget() is window.training_view
+    qtbot.wait(200)
+    assert window.attack_view.live is None and not window.lab._latest
+    window.tabs.setCurrentWidget(window.attack_view)
+    qtbot.waitUntil(lambda: window.attack_view.live is not None, timeout=60_000)
 
 
 # --- the Adversarial tab --------------------------------------------------------------------------------
@@ -244,7 +257,8 @@ def test_the_accuracy_curve_fooled_gallery_and_export(qtbot, window, model_files
 
     csv_path, png_path = tmp_path / "curves.csv", tmp_path / "curves.png"
     assert attack.export_csv(str(csv_path)) and attack.export_png(str(png_path))
-    rows = list(csv.DictReader(csv_path.open()))
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 8 and {r["model"] for r in rows} == {"logreg", "dropout_mlp"}
     logreg_rows = [r for r in rows if r["model"] == "logreg"]
     assert [float(r["accuracy"]) for r in logreg_rows] == pytest.approx(accuracy, abs=1e-6)

@@ -137,6 +137,7 @@ class AttackView(QtWidgets.QWidget):
         splitter.setSizes([400, 330])
         splitter.setChildrenCollapsible(False)
         layout.addWidget(splitter, 1)
+        self._stale = True
         self._timer = QtCore.QTimer(self, singleShot=True, interval=15, timeout=self.update_attack)
         service.run_changed.connect(self.set_run)
         service.model_changed.connect(lambda text: text and self.live_status.setText(text))
@@ -194,6 +195,11 @@ class AttackView(QtWidgets.QWidget):
         self.bars = ProbabilityBars()
         self.bars.setToolTip("Bars: on the adversarial image. Dashed outlines: on the original.")
         middle.addWidget(self.bars, 1)
+        key = QtWidgets.QLabel("bars: adversarial image · dashed: original · green: true class")
+        key.setStyleSheet("color: #555555")
+        key.setAlignment(QtCore.Qt.AlignCenter)
+        key.setWordWrap(True)
+        middle.addWidget(key)
         self.live_status = QtWidgets.QLabel()
         self.live_status.setWordWrap(True)
         middle.addWidget(self.live_status)
@@ -208,6 +214,8 @@ class AttackView(QtWidgets.QWidget):
         controls = QtWidgets.QHBoxLayout()
         self.eps_edit = QtWidgets.QLineEdit(", ".join(f"{e:g}" for e in DEFAULT_EPS))
         self.eps_edit.setMinimumWidth(160)
+        self.eps_edit.setCursorPosition(0)
+        self.eps_edit.editingFinished.connect(lambda: self.eps_edit.setCursorPosition(0))
         self.eps_edit.setToolTip("The budgets to attack at, separated by commas or spaces, in [0, 1]")
         self.images_spin = QtWidgets.QSpinBox()
         self.images_spin.setRange(10, 10_000)
@@ -335,8 +343,18 @@ class AttackView(QtWidgets.QWidget):
         if hasattr(self, "bars"):
             self._timer.start()
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self._stale:
+            self.update_attack()
+
     def update_attack(self) -> None:
+        """Ask for the digit attacked now; while the tab is hidden, only once it shows."""
         self._timer.stop()
+        self._stale = not self.isVisible()
+        if self._stale:
+            self.service.forget("attack-live")
+            return
         image, label, caption = self.source()
         self.original_pane.show_digit(image, caption)
         if image is None:

@@ -148,6 +148,13 @@ class ModelService(QtCore.QObject):
     # --- the service's thread ----------------------------------------------------------------------
 
     def _serve(self) -> None:
+        try:
+            self._serve_requests()
+        except RuntimeError as exc:  # the Qt side is gone (the application is quitting): nobody to answer
+            if "deleted" not in str(exc):
+                raise
+
+    def _serve_requests(self) -> None:
         lab: LabModel | None = None
         while True:
             if self._wake.get() is None:
@@ -314,6 +321,7 @@ class SaliencyPanel(QtWidgets.QWidget):
         self.channel = channel
         self.image: np.ndarray | None = None
         self.explanation = None
+        self._stale = False
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         controls = QtWidgets.QGridLayout()
@@ -348,9 +356,20 @@ class SaliencyPanel(QtWidgets.QWidget):
 
     def set_image(self, image: np.ndarray | None) -> None:
         self.image = None if image is None else np.array(image, copy=True)
+        self.explanation = None
         self.refresh()
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self._stale:
+            self.refresh()
+
     def refresh(self) -> None:
+        """Ask for the map of the image now set; while hidden, only once shown (no model is built for nobody)."""
+        self._stale = not self.isVisible()
+        if self._stale:
+            self.service.forget(self.channel)
+            return
         if self.image is None:
             self.service.forget(self.channel)
             self.explanation = None

@@ -197,6 +197,7 @@ class DrawView(QtWidgets.QWidget):
         right.addWidget(self.status)
         layout.addLayout(right, 1)
 
+        self._stale = True
         self._timer = QtCore.QTimer(self, singleShot=True, interval=UPDATE_DELAY_MS, timeout=self.update_prediction)
         self.pad.changed.connect(self._timer.start)
         self.undo_button.clicked.connect(self.pad.undo)
@@ -214,9 +215,20 @@ class DrawView(QtWidgets.QWidget):
             self.saliency.set_class_names(self.class_names)
         self.update_prediction()
 
+    def showEvent(self, event):
+        super().showEvent(event)
+        if self._stale:
+            self.update_prediction()
+
     def update_prediction(self) -> None:
-        """Prepare the drawn digit and ask the model about it (the answer comes later)."""
+        """Prepare the drawn digit and ask the model about it (the answer comes later).
+
+        While the tab is hidden nothing is asked (the model is built only for a view that shows it)."""
         self._timer.stop()
+        self._stale = not self.isVisible()
+        if self._stale:
+            self.service.forget("draw-probs")
+            return
         try:
             digit = prepare_digit(self.pad.ink()) if self.pad.strokes else None
         except NoInkError:

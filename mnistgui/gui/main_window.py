@@ -137,7 +137,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(self.confusion, "Confusion matrix")
         self.filters = FilterView()
         self.tabs.addTab(self.filters, "Filters and feature maps")
-        self.lab = ModelService(self)  # the selected run's model for the lab's views, in its own thread
+        # The selected run's model for the lab's views, in a thread of its own. No Qt parent: the service
+        # must outlive the window while its thread finishes a request.
+        self.lab = ModelService()
         self.draw_view = DrawView(self.lab)
         self.draw_view.show_features.connect(self.show_drawn_feature_maps)
         self.tabs.addTab(self.draw_view, "Draw")
