@@ -312,3 +312,36 @@ def test_saliency_in_the_digit_detail(qtbot, window, model_files):
     panel.class_box.setCurrentIndex(panel.class_box.findData(other))
     qtbot.waitUntil(lambda: panel.explanation is not None and panel.explanation.target == other, timeout=60_000)
     assert f"class {other}" in panel.pane.caption.text()
+
+
+def test_closing_while_the_curve_is_computed(qtbot, window, model_files):
+    from mnistgui.gui.worker import running_threads
+
+    _open(qtbot, window, model_files["logreg"])
+    attack = window.attack_view
+    attack.method_box.setCurrentIndex(attack.method_box.findData("pgd"))
+    attack.eps_edit.setText("0.05 0.1 0.15 0.2 0.25 0.3")
+    attack.images_spin.setValue(2000)
+    with qtbot.waitSignal(attack.curve_finished, timeout=120_000) as blocker:
+        assert attack.compute_curve()
+        with qtbot.waitSignal(attack.worker.progress, timeout=60_000):
+            pass
+        window.close()  # never waits: the curve is cancelled and the window closes when its thread is done
+        assert not window.isVisible()
+    assert blocker.args[0].cancelled
+    qtbot.waitUntil(lambda: running_threads() == 0, timeout=30_000)
+
+
+def test_nearest_neighbours_draws_but_has_no_gradient(qtbot, window, tmp_path):
+    path = _trained_file(tmp_path, "knn", train_size=5000, test_size=500)
+    _open(qtbot, window, path)
+    view = window.draw_view
+    window.tabs.setCurrentWidget(view)
+    _stroke(view.pad, _line((140, 40), (140, 240)))
+    qtbot.waitUntil(lambda: view.probs is not None, timeout=60_000)
+    assert abs(view.probs.sum() - 1) < 1e-6
+    qtbot.waitUntil(lambda: "no saliency map" in view.saliency.pane.caption.text(), timeout=60_000)
+    attack = window.attack_view
+    window.tabs.setCurrentWidget(attack)
+    assert not attack.compute_button.isEnabled()
+    qtbot.waitUntil(lambda: "no gradient" in attack.live_status.text(), timeout=60_000)

@@ -195,7 +195,7 @@ class AttackView(QtWidgets.QWidget):
         self.bars = ProbabilityBars()
         self.bars.setToolTip("Bars: on the adversarial image. Dashed outlines: on the original.")
         middle.addWidget(self.bars, 1)
-        key = QtWidgets.QLabel("bars: adversarial image · dashed: original · green: true class")
+        key = QtWidgets.QLabel("bars: adversarial · dashed: original")
         key.setStyleSheet("color: #555555")
         key.setAlignment(QtCore.Qt.AlignCenter)
         key.setWordWrap(True)
@@ -226,8 +226,12 @@ class AttackView(QtWidgets.QWidget):
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QtWidgets.QProgressBar()
-        self.progress.setFixedWidth(160)  # changes in it must not re-lay out the tab: that repaints every plot
-        self.progress.setFormat("")
+        # Changes in the curve's controls must not re-lay out the tab: that repaints every plot.
+        self.progress.setFixedWidth(160)
+        policy = self.progress.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.progress.setSizePolicy(policy)
+        self.progress.hide()
         self.curve_status = QtWidgets.QLabel()
         self.export_csv_button = QtWidgets.QPushButton("CSV…")
         self.export_png_button = QtWidgets.QPushButton("PNG…")
@@ -421,7 +425,7 @@ class AttackView(QtWidgets.QWidget):
         worker.finished.connect(self._worker_finished)
         self.worker = worker
         self.progress.setRange(0, 0)
-        self.progress.setFormat("%p%")
+        self.progress.show()
         self.curve_status.setText("starting…")
         self._update_enabled()
         self.launch(worker)
@@ -440,7 +444,7 @@ class AttackView(QtWidgets.QWidget):
         self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("")
+        self.progress.hide()
         self._update_enabled()
 
     def _curve_failed(self, message: str) -> None:

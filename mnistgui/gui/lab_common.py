@@ -20,6 +20,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtWidgets
 
+from ..core.errors import MnistguiError
 from ..core.saliency import normalised
 from .worker import describe, no_full_collections
 
@@ -94,7 +95,7 @@ class ModelService(QtCore.QObject):
         self.run = None
         self._numbers = itertools.count(1)
         self._latest: dict[str, tuple[int, Callable, Callable | None]] = {}
-        self._pending: dict[str, tuple[int, RunSpec | None, Callable]] = {}
+        self._pending: dict[str, tuple[int, RunSpec | str, Callable]] = {}  # a str: why there is no model
         self._lock = threading.Lock()
         self._wake = queue.Queue()
         self._answered.connect(self._deliver)
@@ -116,8 +117,12 @@ class ModelService(QtCore.QObject):
     def request(self, channel: str, function: Callable, on_result: Callable, on_failure: Callable | None = None) -> int:
         number = next(self._numbers)
         self._latest[channel] = (number, on_result, on_failure)
+        spec = self.spec
+        if spec is None:  # answered with the reason, in turn, like any other request
+            reason = "train or open a model first" if self.run is None else "the run has not finished an epoch yet"
+            spec = reason
         with self._lock:
-            self._pending[channel] = (number, self.spec, function)
+            self._pending[channel] = (number, spec, function)
         self._wake.put(True)
         return number
 
@@ -166,8 +171,8 @@ class ModelService(QtCore.QObject):
                     channel = next(iter(self._pending))
                     number, spec, function = self._pending.pop(channel)
                 try:
-                    if spec is None:
-                        raise NoModel("train or open a model first")
+                    if isinstance(spec, str):
+                        raise NoModel(spec)
                     with no_full_collections():
                         if lab is None or lab.spec.identity != spec.identity:
                             lab = None  # the old model goes before the new one is built
@@ -178,9 +183,9 @@ class ModelService(QtCore.QObject):
                                 self.model_changed.emit("")
                         value = function(lab)
                 except Exception as exc:  # every failure reaches the view as a message
-                    if not isinstance(exc, NoModel):
+                    if not isinstance(exc, (NoModel, MnistguiError)):  # a bug, not a user's situation
                         traceback.print_exc()
-                    self._answered.emit(channel, number, False, describe(exc) if not isinstance(exc, NoModel) else str(exc))
+                    self._answered.emit(channel, number, False, str(exc) if isinstance(exc, NoModel) else describe(exc))
                 else:
                     self._answered.emit(channel, number, True, value)
 
