@@ -145,8 +145,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(self.draw_view, "Draw")
         self.attack_view = AttackView(self.lab)
         self.attack_view.launch = self._track  # closing waits for its curve's thread
-        self.draw_view.attack_digit.connect(lambda digit: (self.attack_view.set_drawn(digit),
-                                                           self.tabs.setCurrentWidget(self.attack_view)))
+        self.draw_view.attack_digit.connect(self.attack_drawn_digit)
         self.tabs.addTab(self.attack_view, "Adversarial")
         self.setCentralWidget(self.tabs)
 
@@ -459,6 +458,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def show_drawn_feature_maps(self, digit):
         self.filters.show_arbitrary_image(digit, "drawn digit")
         self.tabs.setCurrentWidget(self.filters)
+
+    def attack_drawn_digit(self, digit):
+        self.attack_view.set_drawn(digit)
+        self.tabs.setCurrentWidget(self.attack_view)
 
     # --- files -------------------------------------------------------------------------------------
 
