@@ -345,3 +345,25 @@ def test_nearest_neighbours_draws_but_has_no_gradient(qtbot, window, tmp_path):
     window.tabs.setCurrentWidget(attack)
     assert not attack.compute_button.isEnabled()
     qtbot.waitUntil(lambda: "no gradient" in attack.live_status.text(), timeout=60_000)
+
+
+def test_a_pen_s_pressure_sets_the_stroke_width(qtbot):
+    from mnistgui.gui.lab_draw import DrawingPad
+
+    widths = {}
+    for pressure in (0.1, 1.0):
+        pad = DrawingPad()
+        qtbot.addWidget(pad)
+        pad.show()
+        changes = []
+        pad.changed.connect(lambda: changes.append(1))
+        for kind, y in ((QtCore.QEvent.TabletPress, 40), *((QtCore.QEvent.TabletMove, y) for y in range(50, 241, 10)),
+                        (QtCore.QEvent.TabletRelease, 240)):
+            event = QtGui.QTabletEvent(kind, QtCore.QPointF(140, y), QtCore.QPointF(140, y), QtGui.QTabletEvent.Stylus,
+                                       QtGui.QTabletEvent.Pen, pressure, 0, 0, 0.0, 0.0, 0, QtCore.Qt.NoModifier, 1,
+                                       QtCore.Qt.LeftButton, QtCore.Qt.LeftButton)
+            QtWidgets.QApplication.sendEvent(pad, event)
+        assert len(pad.strokes) == 1 and len(changes) == 21
+        row = pad.ink()[140]
+        widths[pressure] = np.count_nonzero(row > 0.5)
+    assert widths[1.0] >= 2 * widths[0.1] > 0  # a light touch draws a thin line

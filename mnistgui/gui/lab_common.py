@@ -42,8 +42,8 @@ class RunSpec:
         return cls(run.key, run.epochs_done, run.config, list(run.history), run.state)
 
     @property
-    def identity(self) -> tuple[int, int]:
-        return self.key, self.epochs
+    def identity(self) -> tuple[int, int, str]:
+        return self.key, self.epochs, self.config.to_json()  # resuming may change the configuration
 
 
 class LabModel:
