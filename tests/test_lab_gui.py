@@ -6,7 +6,7 @@ digit detail. Models are trained once per module and opened in each test's windo
 from __future__ import annotations
 
 import csv
-import time  # noqa: F401 (GapMeter uses it)
+import time
 
 import numpy as np
 import pytest
@@ -367,3 +367,23 @@ def test_a_pen_s_pressure_sets_the_stroke_width(qtbot):
         row = pad.ink()[140]
         widths[pressure] = np.count_nonzero(row > 0.5)
     assert widths[1.0] >= 2 * widths[0.1] > 0  # a light touch draws a thin line
+
+
+def test_only_the_latest_request_of_a_channel_is_answered(qtbot, window, model_files):
+    _open(qtbot, window, model_files["logreg"])
+    service = window.lab
+    computed, answered = [], []
+
+    def slow(value):
+        def function(lab):
+            time.sleep(0.02)  # a model call that takes a while
+            computed.append(value)
+            return value
+        return function
+
+    for value in range(50):  # a slider dragged across fifty positions faster than the model answers
+        service.request("test", slow(value), answered.append)
+    qtbot.waitUntil(lambda: answered == [49], timeout=60_000)
+    qtbot.wait(100)
+    assert answered == [49] and computed[-1] == 49
+    assert len(computed) < 10  # superseded requests were dropped before they ran
