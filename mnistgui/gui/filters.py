@@ -48,6 +48,8 @@ class FilterView(QtWidgets.QWidget):
         self.snapshots = []  # a sequence of (epoch, weights after it)
         self.test_images = None
         self.layer_outputs = None  # f(weights, images) -> OrderedDict of every named layer
+        self.custom_image = None  # uint8 (784,): a digit from elsewhere (drawn), shown instead of a test image
+        self.custom_name = ""
         self._known_count = 0  # snapshots when the slider was last synced
         layout = QtWidgets.QVBoxLayout(self)
         controls = QtWidgets.QHBoxLayout()
@@ -85,7 +87,7 @@ class FilterView(QtWidgets.QWidget):
         self.mode_box.currentIndexChanged.connect(self._mode_changed)
         self.layer_box.currentIndexChanged.connect(self._layer_changed)
         self.channel_box.currentIndexChanged.connect(self.redraw)
-        self.image_spin.valueChanged.connect(self.redraw)
+        self.image_spin.valueChanged.connect(self._test_image_chosen)
         self.epoch_slider.valueChanged.connect(self.redraw)
 
     # --- data in ----------------------------------------------------------------------------------
@@ -120,8 +122,25 @@ class FilterView(QtWidgets.QWidget):
         self._sync_epochs(follow=following)
 
     def show_image(self, index: int) -> None:
+        self.custom_image = None
         self.mode_box.setCurrentIndex(self.mode_box.findData("features"))
         self.image_spin.setValue(index)
+        self.redraw()
+
+    def show_arbitrary_image(self, image: np.ndarray, name: str = "drawn digit") -> None:
+        """The feature maps of any 28x28 image (uint8, or float in [0, 1]); choosing a test image returns to those."""
+        array = np.asarray(image).reshape(-1)
+        if array.size != 784:
+            raise ValueError(f"expected a 28x28 image, not {array.size} pixels")
+        if array.dtype != np.uint8:
+            array = np.round(np.clip(array.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+        self.custom_image, self.custom_name = array.copy(), name
+        self.mode_box.setCurrentIndex(self.mode_box.findData("features"))
+        self.redraw()
+
+    def _test_image_chosen(self) -> None:
+        self.custom_image = None
+        self.redraw()
 
     # --- controls ---------------------------------------------------------------------------------
 
@@ -189,9 +208,12 @@ class FilterView(QtWidgets.QWidget):
         layer = self.layer_box.currentData()
         if self.mode_box.currentData() == "weights":
             return weight_tiles(self.config, weights, layer, self.channel_box.currentData())
-        if self.test_images is None or self.layer_outputs is None:
+        if self.layer_outputs is None or (self.test_images is None and self.custom_image is None):
             return None
-        image = self.test_images[self.image_spin.value()].reshape(1, -1)
+        if self.custom_image is not None:
+            image = self.custom_image.reshape(1, -1)
+        else:
+            image = self.test_images[self.image_spin.value()].reshape(1, -1)
         return activation_tiles(self.layer_outputs(weights, image)[layer][0])
 
     def redraw(self) -> None:
@@ -216,4 +238,7 @@ class FilterView(QtWidgets.QWidget):
         self.image.setImage(tiles_to_rgb(tiles))
         self.view.autoRange(padding=0.02)
         h, w = tiles.shape[1:]
-        self.info.setText(f"{len(tiles)} tiles of {h}x{w}; each tile scaled to its own range")
+        source = ""
+        if self.mode_box.currentData() == "features":
+            source = f" ({self.custom_name})" if self.custom_image is not None else f" (test image {self.image_spin.value()})"
+        self.info.setText(f"{len(tiles)} tiles of {h}x{w}{source}; each tile scaled to its own range")

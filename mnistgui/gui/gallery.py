@@ -139,13 +139,17 @@ class TileDelegate(QtWidgets.QStyledItemDelegate):
 
 
 class DigitDetail(QtWidgets.QDialog):
-    """One test image, large, with the probability of every class."""
+    """One image, large, with the probability of every class and, given a `saliency` panel, why.
+
+    `index` None: not a test image as it is (an adversarial one): no way into its feature maps.
+    """
 
     show_features = QtCore.pyqtSignal(int)
 
-    def __init__(self, index, image, label, probs, class_names, parent=None):
+    def __init__(self, index, image, label, probs, class_names, parent=None, title=None, saliency=None):
         super().__init__(parent)
-        self.setWindowTitle(f"Test image {index}")
+        self.setWindowTitle(title or f"Test image {index}")
+        self.saliency = saliency
         layout = QtWidgets.QHBoxLayout(self)
         picture = pg.ImageView()
         picture.ui.histogram.hide()
@@ -173,8 +177,11 @@ class DigitDetail(QtWidgets.QDialog):
         side.addWidget(bars)
         button = QtWidgets.QPushButton("Show its feature maps")
         button.clicked.connect(lambda: (self.show_features.emit(index), self.accept()))
+        button.setVisible(index is not None)
         side.addWidget(button)
         layout.addLayout(side, 1)
+        if saliency is not None:
+            layout.addWidget(saliency, 1)
 
 
 class GalleryView(QtWidgets.QWidget):

@@ -28,6 +28,9 @@ from .confusion import ConfusionView
 from .data_dialog import DataDialog
 from .filters import FilterView
 from .gallery import DigitDetail, GalleryView
+from .lab_attack import AttackView
+from .lab_common import ModelService, SaliencyPanel
+from .lab_draw import DrawView
 from .runs_panel import RunsPanel
 from .training_controller import RUNNING, TrainingController
 from .training_view import TrainingView
@@ -134,6 +137,16 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(self.confusion, "Confusion matrix")
         self.filters = FilterView()
         self.tabs.addTab(self.filters, "Filters and feature maps")
+        # The selected run's model for the lab's views, in a thread of its own. No Qt parent: the service
+        # must outlive the window while its thread finishes a request.
+        self.lab = ModelService()
+        self.draw_view = DrawView(self.lab)
+        self.draw_view.show_features.connect(self.show_drawn_feature_maps)
+        self.tabs.addTab(self.draw_view, "Draw")
+        self.attack_view = AttackView(self.lab)
+        self.attack_view.launch = self._track  # closing waits for its curve's thread
+        self.draw_view.attack_digit.connect(self.attack_drawn_digit)
+        self.tabs.addTab(self.attack_view, "Adversarial")
         self.setCentralWidget(self.tabs)
 
         status = self.statusBar()
@@ -325,8 +338,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_event(self, event):
         run = event.run
-        if isinstance(event, EpochAdded) and run is self.current and run.config.is_trainable:
-            self.filters.snapshot_added()
+        if isinstance(event, EpochAdded) and run is self.current:
+            self.lab.set_run(run)
+            if run.config.is_trainable:
+                self.filters.snapshot_added()
         elif isinstance(event, PredictionsReady) and run is self.current:
             self._show_predictions(run)
 
@@ -351,6 +366,7 @@ class MainWindow(QtWidgets.QMainWindow):
                                 and self.filters.set_layer_function(function))
         self.training_view.show_run(run)
         self._show_predictions(run)
+        self.lab.set_run(run)
         self.backend_label.setText(f"backend: {BACKEND_TITLES.get(run.backend, run.backend)}")
         self._set_state(self.state if self.state in RUNNING + ("loading", "saving") else "idle")
 
@@ -428,14 +444,24 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         dataset = run.dataset
         probs = None if run.test_probs is None else run.test_probs[index]
+        saliency = SaliencyPanel(self.lab, "detail-saliency", dataset.class_names)
+        saliency.set_image(dataset.test_images[index])
         self.detail = DigitDetail(index, dataset.test_images[index], int(dataset.test_labels[index]), probs,
-                                  dataset.class_names, self)
+                                  dataset.class_names, self, saliency=saliency)
         self.detail.show_features.connect(self.show_feature_maps)
         self.detail.show()
 
     def show_feature_maps(self, index: int):
         self.filters.show_image(index)
         self.tabs.setCurrentWidget(self.filters)
+
+    def show_drawn_feature_maps(self, digit):
+        self.filters.show_arbitrary_image(digit, "drawn digit")
+        self.tabs.setCurrentWidget(self.filters)
+
+    def attack_drawn_digit(self, digit):
+        self.attack_view.set_drawn(digit)
+        self.tabs.setCurrentWidget(self.attack_view)
 
     # --- files -------------------------------------------------------------------------------------
 
@@ -546,6 +572,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 return
             self._save_settings()
             self._closing = True
+            self.attack_view.cancel_curve()
             if self.data_dialog is not None and self.data_dialog.isVisible():
                 self.data_dialog.reject()
             if self.busy:
@@ -555,5 +582,6 @@ class MainWindow(QtWidgets.QMainWindow):
             self.hide()
             event.ignore()
             return
+        self.lab.close()
         self.workspace.close()
         event.accept()
