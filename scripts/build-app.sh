@@ -16,9 +16,21 @@ echo "== $app --version"
 echo "== the window opens and closes by itself"
 QT_QPA_PLATFORM=offscreen MNISTGUI_EXIT_AFTER_MS=1500 MNISTGUI_DATA="$data" "$app"
 echo "== it trains with no C compiler on the PATH"
-log=$(mktemp)
+work=$(mktemp -d)
+log="$work/train.log"
 env PATH=/nonexistent MNISTGUI_DATA="$data" "$app" train --model convnet --init he --train-size 2000 \
-    --test-size 500 --epochs 1 | tee "$log"
+    --test-size 500 --epochs 1 --save "$work/convnet.h5" | tee "$log"
 grep -q "backend numba" "$log"
 grep -q "^epoch   1" "$log"
+echo "== it classifies an image file (Pillow inside the app)"
+python - "$data" "$work/digit.png" <<'PY'
+import sys
+from mnistgui.core.data import load_dataset
+from PIL import Image
+digit = load_dataset("mnist", sys.argv[1]).test_images[0].reshape(28, 28)
+Image.fromarray(255 - digit).resize((140, 140)).save(sys.argv[2])  # dark ink on white paper, 5x larger
+PY
+env PATH=/nonexistent "$app" predict "$work/convnet.h5" "$work/digit.png" | tee "$work/predict.log"
+grep -q "digit.png: 7" "$work/predict.log"
+rm -rf "$work"
 echo "frozen app OK"
