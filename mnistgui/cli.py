@@ -42,14 +42,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def comma_list(text: str, convert=int, what: str = "integer") -> tuple:
+    """'1,2,3' as (1, 2, 3), converted by `convert`; an argparse error naming `what` otherwise."""
     try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
+        values = tuple(convert(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
     if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
+        raise argparse.ArgumentTypeError(f"expected at least one {what}")
     return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return comma_list(text, int, "integer")
 
 
 def _add_data_options(parser):

@@ -18,12 +18,9 @@ DEFAULT_ATTACK_TEST_SIZE = 1000
 
 
 def _eps_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
+    from .cli import comma_list
+
+    values = comma_list(text, float, "number")
     bad = [v for v in values if not (math.isfinite(v) and 0 <= v <= 1)]
     if bad:
         raise argparse.ArgumentTypeError(f"each eps must be in [0, 1] (pixels are in [0, 1]), not {bad[0]:g}")

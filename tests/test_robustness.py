@@ -144,4 +144,4 @@ def test_closing_during_compilation_is_clean(qtbot, window):
         window.close()  # never waits: hidden at once, closed when the worker has stopped
         assert not window.isVisible()
     qtbot.waitUntil(lambda: not window.workspace.snapshot_folder.exists(), timeout=10_000)
-    assert not worker.isRunning() and window.current.epochs_done == 0
+    assert not window.tasks and not window.busy and window.current.epochs_done == 0

@@ -30,7 +30,7 @@ from pytensor.gradient import disconnected_grad
 from . import backend
 from .errors import MnistguiError
 from .layers import RngChain, cross_entropy
-from .models import N_CLASSES, ExistingParameters, build_layers
+from .models import N_CLASSES, ExistingParameters, build_layers, pixel_graph
 
 ATTACK_CHUNK = 256  # images per gradient call
 METHODS = ("fgsm", "pgd")
@@ -140,9 +140,8 @@ class Attacker:
         config = model.config
         if not config.is_trainable:
             raise AttackError("nearest neighbours has no gradient to follow: attack a trained model")
-        pixels = pt.matrix("pixels", dtype="float32")
+        pixels, layers = pixel_graph(model)
         classes = pt.ivector("classes")
-        layers = build_layers(pixels, ExistingParameters(model.params, config.use_bias), config, None)
         # Summed, not averaged: each image's gradient is then its own, whatever the chunk's size.
         loss = cross_entropy(layers["logits"], classes) * pt.cast(classes.shape[0], "float32")
         gradient = pytensor.grad(loss, pixels)

@@ -188,6 +188,14 @@ def build_layers(X, p: ParameterSource, config: Config, rng: RngChain | None = N
     return layers
 
 
+def pixel_graph(model):
+    """A float32 pixel matrix (n, 784) in [0, 1] and the dropout-free layers of `model` over it, on its
+    shared weights: what attacks and saliency differentiate with respect to the input."""
+    pixels = pt.matrix("pixels", dtype="float32")
+    layers = build_layers(pixels, ExistingParameters(model.params, model.config.use_bias), model.config, None)
+    return pixels, layers
+
+
 # --- what follows from the definitions --------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from . import backend
-from .models import IMAGE_SIDE, N_CLASSES, ExistingParameters, build_layers
+from .models import IMAGE_SIDE, N_CLASSES, pixel_graph
 
 IG_STEPS = 64
 IG_CHUNK = 128  # path points per gradient call
@@ -64,9 +64,8 @@ class Saliency:
         config = model.config
         if not config.is_trainable:
             raise ValueError("nearest neighbours has no gradient: saliency maps need a trained model")
-        pixels = pt.matrix("pixels", dtype="float32")
+        pixels, layers = pixel_graph(model)
         classes = pt.ivector("classes")
-        layers = build_layers(pixels, ExistingParameters(model.params, config.use_bias), config, None)
         logits = layers["logits"]
         # Each image's chosen score depends on that image's pixels alone, so the gradient of the sum
         # is, row by row, each image's own gradient.

@@ -20,6 +20,11 @@ def resource_path(name: str) -> Path:
 def make_application():
     from PyQt5 import QtCore, QtGui, QtWidgets
 
+    # Workers compile and train in Python threads; the GUI thread waits for the interpreter lock up to
+    # the switch interval each time it needs it, and a repaint needs it many times. At CPython's 5 ms
+    # a plot repaint beside a compiling worker stretched to 200 ms; at 1 ms it stays a few tens.
+    sys.setswitchinterval(0.001)
+
     # High-DPI attributes must be set before the QApplication exists.
     QtWidgets.QApplication.setAttribute(QtCore.Qt.AA_EnableHighDpiScaling, True)
     QtWidgets.QApplication.setAttribute(QtCore.Qt.AA_UseHighDpiPixmaps, True)

@@ -136,6 +136,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.confusion.cell_clicked.connect(self.show_confusion_cell)
         self.tabs.addTab(self.confusion, "Confusion matrix")
         self.filters = FilterView()
+        self.filters.mode_box.currentIndexChanged.connect(self._request_layer_function)
         self.tabs.addTab(self.filters, "Filters and feature maps")
         # The selected run's model for the lab's views, in a thread of its own. No Qt parent: the service
         # must outlive the window while its thread finishes a request.
@@ -352,6 +353,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self._select(run)
         self.config_panel.set_config(run.config)
 
+    def _request_layer_function(self, *args):
+        """Compile the feature-map function, in the background, once the viewer shows feature maps:
+        a compilation competes with training for the interpreter, so none is made before it is needed."""
+        run = self.current
+        if (run is None or not run.config.is_trainable or self.filters.layer_outputs is not None
+                or self.filters.mode_box.currentData() != "features"):
+            return
+        config = run.config
+        self._in_background(lambda: self.workspace.layer_function(config),
+                            lambda function: self.current is not None and self.current.config == config
+                            and self.filters.set_layer_function(function))
+
     def _select(self, run: Run):
         self.current = run
         dataset = run.dataset
@@ -359,11 +372,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.confusion.set_class_names(dataset.class_names)
         self.filters.set_run(run.config, run.snapshots, dataset.test_images.reshape(len(dataset.test_images), -1),
                              self.workspace.cached_layer_function(run.config))
-        if run.config.is_trainable and self.filters.layer_outputs is None:
-            config = run.config
-            self._in_background(lambda: self.workspace.layer_function(config),
-                                lambda function: self.current is not None and self.current.config == config
-                                and self.filters.set_layer_function(function))
+        self._request_layer_function()
         self.training_view.show_run(run)
         self._show_predictions(run)
         self.lab.set_run(run)

@@ -57,10 +57,6 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
                                               symbolBrush=color, name=f"{name} train"),
                 "test": self.error_plot.plot([], [], pen=test_pen, symbol="s", symbolSize=5,
                                              symbolBrush=color, name=f"{name} test"),
-                "val": self.error_plot.plot([], [], pen=pg.mkPen(color, width=2, style=QtCore.Qt.DotLine),
-                                            name=f"{name} validation"),
-                "best": self.error_plot.plot([], [], pen=None, symbol="star", symbolSize=16, symbolBrush=color,
-                                             symbolPen="k"),
                 "cost": self.cost_plot.plot([], [], pen=test_pen, symbol="o", symbolSize=4, symbolBrush=color),
             }
         return self.curves[key]
@@ -78,12 +74,15 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         curves["cost"].setData(epochs[finite], cost[finite])
         val = np.array([r.val_error for r in history], dtype=float) * 100
         finite = np.isfinite(val)
-        curves["val"].setData(epochs[finite], val[finite])
-        if finite.any():  # the best epoch: lowest validation error, the one early stopping restores
-            best = int(np.nanargmin(val))
+        if finite.any():  # made only for runs with a validation split: every item costs each repaint
+            if "val" not in curves:
+                curves["val"] = self.error_plot.plot([], [], pen=pg.mkPen(color, width=2, style=QtCore.Qt.DotLine),
+                                                     name=f"{name} validation")
+                curves["best"] = self.error_plot.plot([], [], pen=None, symbol="star", symbolSize=16,
+                                                      symbolBrush=color, symbolPen="k")
+            curves["val"].setData(epochs[finite], val[finite])
+            best = int(np.nanargmin(val))  # the lowest validation error: the epoch early stopping restores
             curves["best"].setData([epochs[best]], [val[best]])
-        else:
-            curves["best"].setData([], [])
 
     def show_class_errors(self, history) -> None:
         """The per-class test error of one run, epoch by epoch (which digits are learnt late)."""
