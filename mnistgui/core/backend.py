@@ -216,4 +216,6 @@ def compile_mode(backend: str) -> Mode:
         ops.register_backend("jax")
         _register_jax_random()
         return _jax_mode()
-    return pytensor.compile.mode.get_mode("CVM").excluding("BlasOpt")
+    # symbolic_op_recognition would turn our fused softmax back into PyTensor's Softmax, an OpFromGraph
+    # whose inner function compiles with the default (Numba) mode: slower, and native memory per model.
+    return pytensor.compile.mode.get_mode("CVM").excluding("BlasOpt", "symbolic_op_recognition")

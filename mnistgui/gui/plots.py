@@ -28,16 +28,16 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         self.cost_plot.setLabel("bottom", "epoch")
         self.cost_plot.showGrid(x=True, y=True, alpha=0.3)
         self.cost_plot.setXLink(self.error_plot)
-        self.class_plot = self.addPlot(row=2, col=0, title="Per-class test error of the selected run")
+        colours = [pg.intColor(digit, hues=10) for digit in range(10)]
+        # The digits' colours in the title, not a legend: a legend paints each entry in Python at every
+        # repaint, which beside a compiling worker made repaints long.
+        key = " ".join(f'<span style="color:{c.name()}"><b>{d}</b></span>' for d, c in enumerate(colours))
+        self.class_plot = self.addPlot(row=2, col=0, title=f"Per-class test error of the selected run: {key}")
         self.class_plot.setLabel("left", "error", units="%")
         self.class_plot.setLabel("bottom", "epoch")
         self.class_plot.showGrid(x=True, y=True, alpha=0.3)
-        self.class_plot.addLegend(offset=(-10, 10), colCount=5, labelTextSize="7pt")
         self.class_plot.setXLink(self.error_plot)
-        self.class_curves = [
-            self.class_plot.plot([], [], pen=pg.mkPen(pg.intColor(digit, hues=10), width=1.5), name=str(digit))
-            for digit in range(10)
-        ]
+        self.class_curves = [self.class_plot.plot([], [], pen=pg.mkPen(colour, width=1.5)) for colour in colours]
         self.ci.layout.setRowStretchFactor(0, 3)
         self.ci.layout.setRowStretchFactor(1, 2)
         self.ci.layout.setRowStretchFactor(2, 2)
