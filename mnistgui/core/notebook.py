@@ -1,7 +1,7 @@
 """The notebook's published results: train and test error after each epoch, per model.
 
 Transcribed from the 2016 notebook "Introduction to Deep Learning" (after Alec Radford's
-Theano-Tutorials; ../shared/seed in the repository), on a 2016 machine with Theano. Logistic
+Theano-Tutorials; the seed text the project started from), on a 2016 machine with Theano. Logistic
 regression: the first epoch (cell 29) and the 100 that follow; the MLPs: 100 epochs; the convnet:
 21 epochs before the run was interrupted. The notebook's loop drops the last partial batch (it
 trains on 59,904 of the 60,000 images); mnistgui trains on all of them.
