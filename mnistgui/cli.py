@@ -212,8 +212,9 @@ def _fmt_error(value: float) -> str:
 def _epoch_line(result) -> str:
     cost = "" if math.isnan(result.cost) else f"  cost {result.cost:.4f}"
     val = "" if math.isnan(result.val_error) else f"  val error {_fmt_error(result.val_error):>7}"
+    robust = "" if math.isnan(result.robust_accuracy) else f"  PGD check {result.robust_accuracy:.1%}"
     return (f"epoch {result.epoch:3d}  train error {_fmt_error(result.train_error):>7}{val}  "
-            f"test error {_fmt_error(result.test_error):>7}{cost}  "
+            f"test error {_fmt_error(result.test_error):>7}{robust}{cost}  "
             f"{result.seconds:.2f} s ({result.images_per_second:,.0f} img/s)")
 
 
@@ -308,12 +309,8 @@ def cmd_train(args) -> int:
                 _write_log(args.log, log_rows, append=bool(args.resume))
         if control.stop_requested:
             print(f"stopped; the model is at the end of epoch {run.epochs_done}")
-        model = job.trainer.model
-        if job.trainer.early_stopped:
-            best = run.history[model.best_epoch - 1]
-            print(f"early stop: no better validation error for {config.early_stop} epochs; restored epoch "
-                  f"{model.best_epoch} (val error {_fmt_error(best.val_error)}, "
-                  f"test error {_fmt_error(best.test_error)})")
+        if job.trainer.stop_note:
+            print(job.trainer.stop_note)
         if args.save:
             workspace.save(run, args.save)
             print(f"saved {args.save}")
@@ -323,7 +320,7 @@ def cmd_train(args) -> int:
 
 
 LOG_COLUMNS = ["epoch", "train_error", "test_error", "cost", "seconds", "val_error", "learning_rate",
-               *(f"accuracy_{digit}" for digit in range(10))]
+               *(f"accuracy_{digit}" for digit in range(10)), "robust_accuracy"]
 
 
 def _write_log(path: str, rows, append: bool) -> None:
@@ -337,7 +334,8 @@ def _write_log(path: str, rows, append: bool) -> None:
             for r in rows:
                 writer.writerow([r.epoch, _csv_number(r.train_error), _csv_number(r.test_error),
                                  _csv_number(r.cost), f"{r.seconds:.4f}", _csv_number(r.val_error),
-                                 _csv_number(r.learning_rate), *(_csv_number(a) for a in r.class_accuracy)])
+                                 _csv_number(r.learning_rate), *(_csv_number(a) for a in r.class_accuracy),
+                                 _csv_number(r.robust_accuracy)])
     except OSError as exc:
         raise MnistguiError(f"cannot write log {path}: {exc.strerror or exc}") from None
 

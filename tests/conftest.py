@@ -19,6 +19,18 @@ os.environ.setdefault("MNISTGUI_DATA", str(SHARED_MNIST))
 MNIST_DIR = Path(os.environ["MNISTGUI_DATA"])
 
 
+@pytest.fixture(autouse=True)
+def _qt_garbage_collected_on_the_gui_thread(request):
+    """A window collects garbage on the GUI thread only while it lives (gui/collector.py). What a window
+    test leaves behind becomes garbage at teardown: collect it here, on this (the GUI) thread, before a
+    later test's worker thread can trigger a collection that would destroy Qt objects from there."""
+    yield
+    if "qtbot" in request.fixturenames:
+        import gc
+
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def mnist():
     from mnistgui.core.data import load_dataset

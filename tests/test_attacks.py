@@ -256,6 +256,46 @@ def test_adversarial_training_resumes_bit_for_bit_through_a_file(mnist, tmp_path
         np.testing.assert_array_equal(resumed.weights()[name], value, err_msg=name)
 
 
+def test_robust_accuracy_is_checked_each_epoch_and_saved(mnist, tmp_path):
+    config = Config.for_model("dropout_mlp", hidden_sizes=(128,), input_dropout=0.0, hidden_dropout=0.0, seed=4,
+                              use_bias=True, init="he", optimizer="adam", learning_rate=0.002, batch_size=64,
+                              adv_training="fgsm", adv_eps=0.1, epochs=2)
+    data = mnist.subset(6000, 200)
+    model = create_model(config)
+    trainer = Trainer(model, data)
+    results = [item for item in trainer.train() if hasattr(item, "robust_accuracy")]
+    checked = [r.robust_accuracy for r in results]
+    assert len(checked) == 2 and all(0.0 <= a <= 1.0 for a in checked)
+    images, labels, source = trainer.robust_check_batch()
+    assert source == "training" and len(images) == 500
+    clean = np.mean(model.predict_proba(images).argmax(axis=1) == labels)
+    assert clean > 0.75 and checked[-1] < clean - 0.1  # PGD at the training eps costs an MLP accuracy
+    assert checked[-1] == trainer.robust_accuracy(2)  # same epoch, same draws: the same figure
+    save_model(model, tmp_path / "m.h5")
+    loaded, _ = load_model(tmp_path / "m.h5")
+    assert [r.robust_accuracy for r in loaded.history] == checked
+    plain = create_model(config.replace(adv_training="off"))
+    assert all(math.isnan(r.robust_accuracy) for r in Trainer(plain, data).train(1) if hasattr(r, "robust_accuracy"))
+
+
+def test_catastrophic_overfitting_stops_the_run_and_restores_the_best_robust_epoch(mnist, monkeypatch):
+    config = Config.for_model("mlp", hidden_sizes=(32,), adv_training="fgsm", adv_eps=0.1, epochs=5, seed=3)
+    model = create_model(config)
+    trainer = Trainer(model, mnist.subset(1000, 100))
+    # The check's figures are scripted: a collapse on 1,000 images would take minutes to provoke.
+    scripted = iter([0.50, 0.70, 0.35, 0.90, 0.95])
+    monkeypatch.setattr(trainer, "robust_accuracy", lambda epoch: next(scripted))
+    weights_after = {}
+    for item in trainer.train():
+        if hasattr(item, "robust_accuracy"):
+            weights_after[item.epoch] = model.weights()["w_h"].copy()
+    assert sorted(weights_after) == [1, 2, 3]  # 0.35 is 35 points under 0.70: stopped after epoch 3
+    assert trainer.early_stopped and model.best_epoch == 2
+    np.testing.assert_array_equal(model.weights()["w_h"], weights_after[2])
+    assert "catastrophic overfitting" in trainer.stop_note and "restored epoch 2" in trainer.stop_note
+    assert "35.0% at epoch 3 from 70.0% at epoch 2" in trainer.stop_note
+
+
 # --- the command line -----------------------------------------------------------------------------------
 
 

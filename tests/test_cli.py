@@ -37,7 +37,8 @@ def test_train_save_log_info_evaluate(tmp_path):
     assert "\r" not in result.stderr  # no progress bar outside a terminal
     rows = list(csv.DictReader(log.open()))
     assert list(rows[0])[:7] == ["epoch", "train_error", "test_error", "cost", "seconds", "val_error", "learning_rate"]
-    assert list(rows[0])[7:] == [f"accuracy_{digit}" for digit in range(10)]
+    assert list(rows[0])[7:] == [*(f"accuracy_{digit}" for digit in range(10)), "robust_accuracy"]
+    assert rows[0]["robust_accuracy"] == ""  # no adversarial training, no robustness check
     assert [r["epoch"] for r in rows] == ["1", "2"] and 0 < float(rows[1]["test_error"]) < 0.5
 
     info = json.loads(run("info", str(model), "--json").stdout)

@@ -70,8 +70,6 @@ def _finished(state):
     return state in ("finished", "failed", "stopped")
 
 
-@pytest.mark.xfail(strict=False, reason="39-64 ms in a fresh process, up to 149 ms late in a long test session "
-                   "whose heap holds every earlier test's objects; the bound is the issue's, kept")
 def test_opening_a_convnet_file(qtbot, tmp_path):
     path = tmp_path / "convnet.h5"
     save_model(create_model(Config.for_model("convnet", test_size=2000)), path, "mnist")
@@ -138,8 +136,6 @@ def test_starting_a_convnet_with_a_cold_compile_cache(tmp_path):
     assert report["ticks"] > 100 and report["worst"] <= MAX_GAP
 
 
-@pytest.mark.xfail(strict=False, reason="measured 91-132 ms on an idle 2-core machine: repainting the training "
-                   "plots while a worker compiles shares the interpreter lock; the bound is the issue's, kept")
 def test_switching_data_sets(qtbot, tmp_path):
     root = tmp_path / "data"
     (root / "mnist").mkdir(parents=True)

@@ -40,7 +40,7 @@ FORMAT_NAME = "mnistgui-model"
 FORMAT_VERSION = 1
 HISTORY_COLUMNS = [f.name for f in fields(EpochResult) if f.name != "class_accuracy"]
 # Columns added after the first release: a file without them reads as NaN.
-OPTIONAL_HISTORY_COLUMNS = ("val_error", "learning_rate")
+OPTIONAL_HISTORY_COLUMNS = ("val_error", "learning_rate", "robust_accuracy")
 
 # Bounds on what a file may ask us to allocate, checked from metadata before reading.
 TRAIN_SET_ROWS = {"mnist": 60000, "fashion": 60000}  # a kNN store holds at most its training set

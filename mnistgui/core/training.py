@@ -20,7 +20,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from . import backend
-from .attacks import AdversarialTraining, adversarial_training_cost
+from .attacks import AdversarialTraining, Attacker, adversarial_training_cost
 from .augment import Augmentation, augment
 from .config import Config, config_changes
 from .data import Dataset
@@ -38,6 +38,14 @@ PROGRESS_INTERVAL = 0.1  # seconds between BatchProgress reports
 # treated as diverged too, not only at NaN or infinity.
 DIVERGED_COST = 1e4
 AUGMENT_STREAM = 7  # keeps the augmentation's draws apart from the shuffling's, which use [seed, epoch]
+# Adversarial training's guard against catastrophic overfitting (Wong et al. 2020: an FGSM-trained
+# model can lose all robustness to PGD within one epoch while its FGSM accuracy soars). After each
+# epoch, PGD attacks a fixed check batch; a fall of COLLAPSE_DROP below the best epoch's accuracy
+# stops the run and restores that epoch's weights.
+ROBUST_CHECK_SIZE = 500
+ROBUST_CHECK_STEPS = 10
+COLLAPSE_DROP = 0.3
+ROBUST_CHECK_STREAM = 11
 
 
 @dataclass
@@ -72,6 +80,7 @@ class EpochResult:
     val_error: float = math.nan  # on the held-out validation split, when there is one
     learning_rate: float = math.nan  # at the epoch's last step (schedules change it)
     class_accuracy: tuple[float, ...] = (math.nan,) * 10  # test accuracy of each class
+    robust_accuracy: float = math.nan  # adversarial training: PGD accuracy on the check batch
 
 
 @dataclass
@@ -347,6 +356,8 @@ class Trainer:
         self._train_fn = None
         self._epoch_data_changed = False
         self.early_stopped = False
+        self.stop_note = ""  # why the run stopped before its last epoch, when it did, for the user
+        self._attacker: Attacker | None = None
         self.compile_seconds = math.nan
         self.last_test_evaluation: Evaluation | None = None  # of the latest epoch, for viewers
 
@@ -406,6 +417,23 @@ class Trainer:
     def evaluate_test(self) -> Evaluation:
         return self.model.evaluate(self.test_images, self.test_labels)
 
+    def robust_check_batch(self) -> tuple[np.ndarray, np.ndarray, str]:
+        """The images the guard attacks: from the validation split when there is one, else the first
+        training images (Wong et al. check a training batch); never the test set."""
+        if len(self.val_images):
+            return self.val_images[:ROBUST_CHECK_SIZE], self.val_labels[:ROBUST_CHECK_SIZE], "validation"
+        return self.train_images[:ROBUST_CHECK_SIZE], self.train_labels[:ROBUST_CHECK_SIZE], "training"
+
+    def robust_accuracy(self, epoch: int) -> float:
+        """PGD accuracy (ROBUST_CHECK_STEPS steps at the training eps, random start) on the check batch."""
+        model = self.model
+        if self._attacker is None:
+            self._attacker = Attacker(model)
+        images, labels, _ = self.robust_check_batch()
+        attacked = self._attacker.pgd(images, labels, model.adversarial.eps, steps=ROBUST_CHECK_STEPS,
+                                      rng=np.random.default_rng([model.config.seed, epoch, ROBUST_CHECK_STREAM]))
+        return float(np.mean(self._attacker.predict(attacked) == labels))
+
     def train(self, epochs: int | None = None, control: TrainingControl | None = None,
               evaluate: bool = True) -> Iterator:
         """Train `epochs` more epochs (default: the configuration's), yielding progress and results.
@@ -430,6 +458,10 @@ class Trainer:
         size = config.batch_size
         best_error = min((r.val_error for r in model.history if not math.isnan(r.val_error)), default=math.inf)
         best_state = None
+        guarding = model.adversarial.active and evaluate
+        best_robust = max(((r.robust_accuracy, r.epoch) for r in model.history if not math.isnan(r.robust_accuracy)),
+                          default=(-math.inf, 0))
+        best_robust_state = None
         for _ in range(epochs):
             epoch = model.epochs_done + 1
             snapshot = model.get_state()
@@ -476,6 +508,7 @@ class Trainer:
                 self.last_test_evaluation = self.evaluate_test()
                 test_error = self.last_test_evaluation.error
                 class_accuracy = tuple(float(v) for v in self.last_test_evaluation.per_class_accuracy())
+            robust_accuracy = self.robust_accuracy(epoch) if guarding else math.nan
             result = EpochResult(
                 epoch=epoch,
                 train_error=train_error,
@@ -487,16 +520,37 @@ class Trainer:
                 val_error=val_error,
                 learning_rate=learning_rate,
                 class_accuracy=class_accuracy,
+                robust_accuracy=robust_accuracy,
             )
             model.history.append(result)
             if not math.isnan(val_error) and val_error < best_error:
                 best_error, model.best_epoch = val_error, epoch
                 best_state = model.get_state() if config.early_stop else None
+            collapsed = guarding and robust_accuracy < best_robust[0] - COLLAPSE_DROP
+            if guarding and robust_accuracy > best_robust[0]:
+                best_robust = (robust_accuracy, epoch)
+                best_robust_state = model.get_state()
             yield result
+            if collapsed:
+                # Restores the best robust epoch's weights if this run holds them (a resumed run may not).
+                if best_robust_state is not None:
+                    model.set_state(best_robust_state)
+                    model.best_epoch = best_robust[1]
+                self.early_stopped = True
+                self.stop_note = (
+                    f"catastrophic overfitting: PGD accuracy on the {self.robust_check_batch()[2]} check batch fell to "
+                    f"{robust_accuracy:.1%} at epoch {epoch} from {best_robust[0]:.1%} at epoch {best_robust[1]}; "
+                    + (f"restored epoch {best_robust[1]}" if best_robust_state is not None else "stopped")
+                    + ". Try a smaller step (--adv-step), eps or learning rate, or PGD training.")
+                return
             if config.early_stop and model.best_epoch and epoch - model.best_epoch >= config.early_stop:
                 if best_state is not None:
                     model.set_state(best_state)
                 self.early_stopped = True
+                best = model.history[model.best_epoch - 1]
+                self.stop_note = (f"early stop: no better validation error for {config.early_stop} epochs; restored "
+                                  f"epoch {model.best_epoch} (val error {best.val_error:.2%}, test error "
+                                  f"{best.test_error:.2%})")
                 return
             if control.stop_requested or control.stop_after_epoch:
                 return

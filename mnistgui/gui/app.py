@@ -21,9 +21,10 @@ def make_application():
     from PyQt5 import QtCore, QtGui, QtWidgets
 
     # Workers compile and train in Python threads; the GUI thread waits for the interpreter lock up to
-    # the switch interval each time it needs it, and a repaint needs it many times. At CPython's 5 ms
-    # a plot repaint beside a compiling worker stretched to 200 ms; at 1 ms it stays a few tens.
-    sys.setswitchinterval(0.001)
+    # the switch interval each time it needs it, and a repaint needs it many times. Measured beside a
+    # compiling worker (tests/test_responsiveness.py, switching data sets): worst event-loop gap about
+    # 200 ms at CPython's 5 ms, 94-97 ms at 1 ms, 46-47 ms at 0.1 ms; training speed unchanged.
+    sys.setswitchinterval(0.0001)
 
     # High-DPI attributes must be set before the QApplication exists.
     QtWidgets.QApplication.setAttribute(QtCore.Qt.AA_EnableHighDpiScaling, True)

@@ -108,13 +108,18 @@ class FilterView(QtWidgets.QWidget):
 
     def add_snapshot(self, epoch: int, weights) -> None:
         """Append to a list of snapshots (a SnapshotStore is appended to by its training job)."""
-        following = self.epoch_slider.value() == self._known_count
+        following = self._following()
         self.snapshots.append((epoch, weights))
         self._snapshot_added(following)
 
     def snapshot_added(self) -> None:
         """The sequence given to set_run has grown by one."""
-        self._snapshot_added(self.epoch_slider.value() == self._known_count)
+        self._snapshot_added(self._following())
+
+    def _following(self) -> bool:
+        # At the newest snapshot known so far, or before any (the slider then shows 1 of 0): the
+        # slider moves on with the run. The worker may have added several before the GUI hears of one.
+        return self.epoch_slider.value() >= self._known_count
 
     def _snapshot_added(self, following: bool) -> None:
         if self.layer_box.count() == 0:

@@ -23,7 +23,7 @@ from ..core.errors import MnistguiError
 from .gallery import DigitDetail
 from .lab_common import ImagePane, ModelService, ProbabilityBars, RunSpec, SaliencyPanel
 from .runs_panel import PALETTE
-from .worker import describe, no_full_collections, start_detached
+from .worker import describe, start_detached
 
 EPS_STEPS = 100  # the slider's positions from 0 to MAX_EPS
 MAX_EPS = 0.5
@@ -86,17 +86,16 @@ class CurveWorker(QtCore.QThread):
         from ..core.workspace import build_model
 
         try:
-            with no_full_collections():
-                self.stage.emit("compiling the attack…")
-                spec = self.spec
-                attacker = Attacker(build_model(spec.config, spec.history, spec.state))
-                if self.stop_requested:
-                    raise AttackCancelled(AttackReport(self.method, [], cancelled=True))
-                self.stage.emit("attacking…")
-                report = attacker.accuracy_under_attack(
-                    self.images, self.labels, self.eps_values, self.method, steps=self.steps,
-                    progress=lambda done, total: self.progress.emit(done, total),
-                    cancel=lambda: self.stop_requested, keep_fooled=FOOLED_KEPT)
+            self.stage.emit("compiling the attack…")
+            spec = self.spec
+            attacker = Attacker(build_model(spec.config, spec.history, spec.state))
+            if self.stop_requested:
+                raise AttackCancelled(AttackReport(self.method, [], cancelled=True))
+            self.stage.emit("attacking…")
+            report = attacker.accuracy_under_attack(
+                self.images, self.labels, self.eps_values, self.method, steps=self.steps,
+                progress=lambda done, total: self.progress.emit(done, total),
+                cancel=lambda: self.stop_requested, keep_fooled=FOOLED_KEPT)
         except AttackCancelled as exc:
             self.cancelled.emit(exc.report)
         except Exception as exc:  # a message for the user, never a crash

@@ -22,7 +22,7 @@ from PyQt5 import QtCore, QtWidgets
 
 from ..core.errors import MnistguiError
 from ..core.saliency import normalised
-from .worker import describe, no_full_collections
+from .worker import describe
 
 CLASS_COLOURS = ("#1f77b4", "#2ca02c", "#d62728")  # other classes, the true class, the predicted class
 
@@ -173,15 +173,14 @@ class ModelService(QtCore.QObject):
                 try:
                     if isinstance(spec, str):
                         raise NoModel(spec)
-                    with no_full_collections():
-                        if lab is None or lab.spec.identity != spec.identity:
-                            lab = None  # the old model goes before the new one is built
-                            self.model_changed.emit(f"Preparing run {spec.key} (epoch {spec.epochs})…")
-                            try:
-                                lab = LabModel(spec)
-                            finally:
-                                self.model_changed.emit("")
-                        value = function(lab)
+                    if lab is None or lab.spec.identity != spec.identity:
+                        lab = None  # the old model goes before the new one is built
+                        self.model_changed.emit(f"Preparing run {spec.key} (epoch {spec.epochs})…")
+                        try:
+                            lab = LabModel(spec)
+                        finally:
+                            self.model_changed.emit("")
+                    value = function(lab)
                 except Exception as exc:  # every failure reaches the view as a message
                     if not isinstance(exc, (NoModel, MnistguiError)):  # a bug, not a user's situation
                         traceback.print_exc()

@@ -21,8 +21,10 @@ from ..core import data as data_module
 from ..core.backend import BACKEND_TITLES, resolve_backend
 from ..core.config import Config
 from ..core.errors import ConfigError, MnistguiError
+from ..core.memory import release_free_memory
 from ..core.presets import preset
 from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace, warm_up
+from .collector import gui_collector
 from .config_panel import ConfigPanel
 from .confusion import ConfusionView
 from .data_dialog import DataDialog
@@ -98,6 +100,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.workspace.subscribe(self._on_event)
         self._set_state("idle")
         _freeze_long_lived_objects()
+        gui_collector().acquire()
+        self._collector_released = False
 
     # --- construction ------------------------------------------------------------------------------
 
@@ -259,6 +263,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _thread_finished(self, thread) -> None:
         self.tasks.discard(thread)
+        # What the thread built (a model's graphs, a data set's copies) is garbage now: collect it here,
+        # on the GUI thread, and hand the freed pages back to the OS.
+        gui_collector().collect_all()
+        release_free_memory()
         if self._closing and not any(t.isRunning() for t in self.tasks):
             QtCore.QTimer.singleShot(0, self.close)
 
@@ -593,4 +601,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self.lab.close()
         self.workspace.close()
+        if not self._collector_released:
+            self._collector_released = True
+            gui_collector().release()
         event.accept()

@@ -54,6 +54,7 @@ class TrainingController(QtCore.QObject):
         worker.compiled.connect(self._on_compiled)
         worker.batch_progress.connect(self._on_batch)
         worker.epoch_finished.connect(lambda outcome, r=run: self._on_epoch(r, outcome))
+        worker.stopped_early.connect(lambda note: self.status_message.emit(note, 0))
         worker.finished_run.connect(self._on_finished)
         worker.failed.connect(self._on_failed)
         self.worker = worker

@@ -9,9 +9,6 @@ so that closing a window or a dialog never destroys a thread that is still runni
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import threading
 import time
 import traceback
 
@@ -44,36 +41,6 @@ def running_threads() -> int:
     return sum(1 for t in _RUNNING if t.isRunning())
 
 
-_postponing = 0
-_postponing_lock = threading.Lock()
-_saved_threshold = 10
-
-
-@contextlib.contextmanager
-def no_full_collections():
-    """Postpone the garbage collector's full passes (young ones go on) while a worker builds,
-    compiles or trains a model; nested and concurrent uses are counted.
-
-    A compilation makes tens of thousands of objects and a model holds as many; a full pass over
-    them, triggered in the worker, holds the GIL for 100 to 450 ms (measured) and so stalls the
-    event loop. Young passes free the short-lived ones; the next full pass comes after the work.
-    """
-    global _postponing, _saved_threshold
-    with _postponing_lock:
-        if _postponing == 0:
-            young, middle, _saved_threshold = gc.get_threshold()
-            gc.set_threshold(young, middle, 1 << 30)
-        _postponing += 1
-    try:
-        yield
-    finally:
-        with _postponing_lock:
-            _postponing -= 1
-            if _postponing == 0:
-                young, middle, _ = gc.get_threshold()
-                gc.set_threshold(young, middle, _saved_threshold)
-
-
 def describe(exc: BaseException) -> str:
     if isinstance(exc, MnistguiError):
         return str(exc)
@@ -88,6 +55,7 @@ class TrainingWorker(QtCore.QThread):
     batch_progress = QtCore.pyqtSignal(object)  # BatchProgress
     epoch_finished = QtCore.pyqtSignal(object)  # EpochOutcome
     finished_run = QtCore.pyqtSignal(str)  # "finished" or "stopped"
+    stopped_early = QtCore.pyqtSignal(str)  # why (early stopping, catastrophic overfitting), before finished_run
     failed = QtCore.pyqtSignal(str)  # a message for the user
 
     def __init__(self, job: TrainingJob, parent=None):
@@ -110,8 +78,7 @@ class TrainingWorker(QtCore.QThread):
 
     def run(self):
         try:
-            with no_full_collections():
-                self._train()
+            self._train()
         except Exception as exc:  # anything at all must reach the user as a message, not a crash
             traceback.print_exc()
             self.failed.emit(describe(exc))
@@ -131,6 +98,9 @@ class TrainingWorker(QtCore.QThread):
                     self.batch_progress.emit(item)
             elif isinstance(item, EpochOutcome):
                 self.epoch_finished.emit(item)
+        note = self.job.trainer.stop_note if self.job.trainer is not None else ""
+        if note:
+            self.stopped_early.emit(note)
         self.finished_run.emit("stopped" if self.control.stop_requested else "finished")
 
 
@@ -146,8 +116,7 @@ class Task(QtCore.QThread):
 
     def run(self):
         try:
-            with no_full_collections():
-                result = self.function()
+            result = self.function()
         except Exception as exc:
             if not isinstance(exc, MnistguiError):
                 traceback.print_exc()
