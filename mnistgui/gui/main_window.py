@@ -24,6 +24,7 @@ from ..core.errors import ConfigError, MnistguiError
 from ..core.memory import release_free_memory
 from ..core.presets import preset
 from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace, warm_up
+from .background_compile import BackgroundCompiler
 from .collector import gui_collector
 from .config_panel import ConfigPanel
 from .confusion import ConfusionView
@@ -102,6 +103,7 @@ class MainWindow(QtWidgets.QMainWindow):
         _freeze_long_lived_objects()
         gui_collector().acquire()
         self._collector_released = False
+        self.background_compiler = BackgroundCompiler(self)
 
     # --- construction ------------------------------------------------------------------------------
 
