@@ -52,17 +52,6 @@ def test_last_partial_batch_is_used(mnist):
     assert not np.array_equal(a.model.params["w"].get_value(), b.model.params["w"].get_value())
 
 
-def test_training_error_on_the_first_n_images_only(mnist):
-    config = Config.for_model("logreg", train_size=3000, test_size=100, shuffle=True)
-    full_trainer, (full,) = _train(config, mnist)
-    part_trainer, (part,) = _train(config.replace(train_eval_size=700), mnist)
-    assert part.cost == full.cost and part.test_error == full.test_error  # the same training
-    first = part_trainer.train_images[:700], part_trainer.train_labels[:700]
-    assert part.train_error == part_trainer.model.evaluate(*first).error  # file order, not the epoch's shuffle
-    assert round(part.train_error * 700, 6) == round(part.train_error * 700) and part.train_error != full.train_error
-    assert full.train_error == full_trainer.model.evaluate(full_trainer.train_images, full_trainer.train_labels).error
-
-
 def test_shuffle_changes_the_order_reproducibly(mnist):
     config = Config.for_model("logreg", train_size=512, test_size=100, shuffle=True)
     _, plain = _train(config.replace(shuffle=False), mnist)

@@ -138,10 +138,6 @@ SETTINGS_LIST = [
             flag="--train-size", low=0, high=60000, step=1000, special_zero="all", changeable=True),
     Setting("test_size", "int", 0, "Test images", "test on the first N test images (0: all)", "Data",
             flag="--test-size", low=0, high=10000, step=1000, special_zero="all", changeable=True),
-    Setting("train_eval_size", "int", 0, "Training error on", "measure each epoch's training error on the first N "
-            "training images (0: all, as the notebook; on all 60,000 the convnet spends 14 s an epoch on it)", "Data",
-            flag="--train-eval-size", low=0, high=60000, step=1000, special_zero="all", models=_TRAINED,
-            changeable=True),
     Setting("val_size", "int", 0, "Validation images", "hold out the last N training images to validate on "
             "(model selection and early stopping; 0: none, the test set is monitored as in the notebook)", "Data",
             flag="--val-size", low=0, high=30000, step=1000, special_zero="none", models=_TRAINED),

@@ -32,10 +32,10 @@ PRESETS = {
                dict(model="convnet")),
         Preset("modern-convnet", "Modern convnet",
                "the notebook's convnet with biases, He initialisation, Adam with a one-cycle schedule, "
-               "random 2-pixel shifts, shuffling, 10 epochs (the training error measured on 10,000 images)",
+               "random 2-pixel shifts, shuffling, 10 epochs",
                dict(model="convnet", use_bias=True, init="he", optimizer="adam", learning_rate=0.003,
                     schedule="onecycle", augment_shift=2.0, shuffle=True, epochs=10, conv_dropout=0.1,
-                    hidden_dropout=0.3, train_eval_size=10000)),
+                    hidden_dropout=0.3)),
         Preset("modern-mlp", "Modern MLP",
                "the dropout MLP with biases, He initialisation, AdamW (decoupled weight decay) with a cosine "
                "schedule and warm-up, small shifts and rotations, shuffling, 20 epochs",

@@ -502,8 +502,7 @@ class Trainer:
             train_error = test_error = val_error = math.nan
             class_accuracy = (math.nan,) * N_CLASSES
             if evaluate:
-                measured = slice(config.train_eval_size or None)
-                train_error = model.evaluate(self.train_images[measured], self.train_labels[measured]).error
+                train_error = model.evaluate(self.train_images, self.train_labels).error
                 if len(self.val_images):
                     val_error = model.evaluate(self.val_images, self.val_labels).error
                 self.last_test_evaluation = self.evaluate_test()

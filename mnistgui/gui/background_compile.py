@@ -21,8 +21,7 @@ DELAY_MS = 1500  # the panel still this long: compile its configuration
 
 
 def graph_key(config) -> str:
-    return repr(config.replace(epochs=1, seed=0, train_size=0, test_size=0, val_size=0, early_stop=0,
-                               train_eval_size=0))
+    return repr(config.replace(epochs=1, seed=0, train_size=0, test_size=0, val_size=0, early_stop=0))
 
 
 class BackgroundCompiler(QtCore.QObject):
