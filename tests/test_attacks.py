@@ -290,10 +290,32 @@ def test_catastrophic_overfitting_stops_the_run_and_restores_the_best_robust_epo
         if hasattr(item, "robust_accuracy"):
             weights_after[item.epoch] = model.weights()["w_h"].copy()
     assert sorted(weights_after) == [1, 2, 3]  # 0.35 is 35 points under 0.70: stopped after epoch 3
-    assert trainer.early_stopped and model.best_epoch == 2
+    # The restore is the guard's, not early stopping's: best_epoch still names the best validation epoch.
+    assert trainer.early_stopped and model.best_epoch == 0 and model.epochs_done == 3
     np.testing.assert_array_equal(model.weights()["w_h"], weights_after[2])
     assert "catastrophic overfitting" in trainer.stop_note and "restored epoch 2" in trainer.stop_note
     assert "35.0% at epoch 3 from 70.0% at epoch 2" in trainer.stop_note
+
+
+def test_a_resume_with_a_larger_budget_is_not_a_collapse(mnist, monkeypatch):
+    config = Config.for_model("mlp", hidden_sizes=(32,), adv_training="fgsm", adv_eps=0.1, epochs=1, seed=3)
+    model = create_model(config)
+    data = mnist.subset(1000, 100)
+    first = Trainer(model, data)
+    monkeypatch.setattr(first, "robust_accuracy", lambda epoch: 0.90)
+    list(first.train())
+    resumed = model.reconfigured(config.replace(adv_eps=0.3, epochs=2))
+    trainer = Trainer(resumed, data)
+    scripted = iter([0.30, 0.45])  # far under 0.90, but measured at eps 0.3
+    monkeypatch.setattr(trainer, "robust_accuracy", lambda epoch: next(scripted))
+    list(trainer.train())
+    assert resumed.epochs_done == 3 and not trainer.early_stopped and trainer.stop_note == ""
+    unchanged = create_model(config.replace(epochs=1))
+    unchanged.history = list(model.history[:1])
+    trainer = Trainer(unchanged, data)
+    monkeypatch.setattr(trainer, "robust_accuracy", lambda epoch: 0.30)  # same eps: a collapse from 0.90
+    list(trainer.train())
+    assert trainer.early_stopped and "from 90.0% at epoch 1" in trainer.stop_note
 
 
 # --- the command line -----------------------------------------------------------------------------------

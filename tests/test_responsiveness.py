@@ -295,8 +295,11 @@ compiledir = Path(pytensor.config.compiledir)
 def modules():
     return {entry.name for entry in compiledir.iterdir() if entry.is_dir()}
 
-def wait(condition):
+def wait(condition, timeout=300):
+    deadline = time.perf_counter() + timeout
     while not condition():
+        if time.perf_counter() > deadline:
+            raise SystemExit("timed out waiting for the window")
         app.processEvents(QtCore.QEventLoop.AllEvents, 50)
         time.sleep(0.002)
 
@@ -312,8 +315,8 @@ win.dataset("mnist", lambda dataset: None)
 wait(lambda: win.workspace.cached_dataset("mnist") is not None)
 compiled, states = [], []
 win.state_changed.connect(states.append)
+win.training.compiled_in.connect(compiled.append)
 win.start_training()
-win.worker.compiled.connect(compiled.append)
 wait(lambda: states and states[-1] in ("finished", "failed", "stopped"))
 config2 = config.replace(seed=5, epochs=3)  # no graph changes: nothing more to compile
 count = len(win.background_compiler.compiled)

@@ -148,3 +148,40 @@ def test_closing_during_compilation_is_clean(qtbot, window):
         assert not window.isVisible()
     qtbot.waitUntil(lambda: not window.workspace.snapshot_folder.exists(), timeout=10_000)
     assert not window.tasks and not window.busy and window.current.epochs_done == 0
+
+
+def test_closed_windows_are_collected_and_automatic_collection_comes_back(qtbot, tmp_path):
+    """A window, once closed and deleted, leaves nothing behind (its data sets, runs and Qt objects), and
+    while any window lives no collection runs automatically (in whichever thread allocates): the GUI
+    thread's collector runs them."""
+    import weakref
+
+    from PyQt5 import QtCore, QtWidgets
+
+    from mnistgui.gui.app import make_application
+    from mnistgui.gui.collector import gui_collector
+    from mnistgui.gui.main_window import MainWindow
+
+    from .conftest import MNIST_DIR
+
+    make_application()
+    assert gc.isenabled()
+    windows = []
+    for k in range(3):
+        settings = QtCore.QSettings(str(tmp_path / f"settings{k}.ini"), QtCore.QSettings.IniFormat)
+        win = MainWindow(settings=settings, data_dir=str(MNIST_DIR))
+        win.ask = lambda title, text: True
+        win.show()
+        assert not gc.isenabled() and gui_collector().active
+        with qtbot.waitSignal(win.state_changed, timeout=60_000, check_params_cb=lambda s: s == "finished"):
+            win.config_panel.set_config(Config.for_model("logreg", train_size=1000, test_size=200, epochs=1))
+            win.start_training()
+        windows.append(weakref.ref(win))
+        win.close()
+        win.deleteLater()
+        del win
+        QtWidgets.QApplication.sendPostedEvents(None, QtCore.QEvent.DeferredDelete)
+        qtbot.wait(50)
+    assert gc.isenabled() and not gui_collector().active
+    gc.collect()
+    assert [w() for w in windows] == [None, None, None]

@@ -147,8 +147,8 @@ class Attacker:
         gradient = pytensor.grad(loss, pixels)
         mode = mode or backend.compile_mode(model.backend)
         self.model = model
-        self._gradient = pytensor.function([pixels, classes], [gradient, layers["logits"]], mode=mode)
-        self._probs = pytensor.function([pixels], layers["probs"], mode=mode)
+        self._gradient = backend.function([pixels, classes], [gradient, layers["logits"]], mode=mode)
+        self._probs = backend.function([pixels], layers["probs"], mode=mode)
 
     # --- the model on float pixels -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -204,6 +205,19 @@ def _jax_mode() -> Mode:
     warnings.filterwarnings("ignore", message=r"The RandomType SharedVariables \[dropout_rng\] will not be used")
     mode = pytensor.compile.mode.get_mode("JAX").excluding("ShapeOpt")
     return mode.register((in2out(shape_entry_to_shape_i, arange_with_wide_constants, name="jax_static_shapes"), 48.0))
+
+
+# PyTensor's compilation is not thread-safe: compiler detection, the module cache and the compile
+# folder's lock are process-wide state. Two threads compiling at once (the lab's model service and an
+# attack curve) were seen to print "`pytensor.config.cxx` is not an identifiable `g++` compiler" and
+# to leave a curve that never finished. Every compilation in mnistgui goes through `function`.
+COMPILE_LOCK = threading.RLock()
+
+
+def function(*args, **kwargs):
+    """`pytensor.function`, one thread at a time."""
+    with COMPILE_LOCK:
+        return pytensor.function(*args, **kwargs)
 
 
 def compile_mode(backend: str) -> Mode:

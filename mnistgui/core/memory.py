@@ -9,7 +9,6 @@ gets an arena of its own, so after many runs the process holds tens of megabytes
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 
@@ -17,8 +16,7 @@ def _malloc_trim():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim  # glibc only (musl has none)
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library; glibc only (musl has none)
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]

@@ -84,6 +84,10 @@ def save_model(model: Model, path: str | os.PathLike, dataset_name: str = "", da
     return path
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -> None:
     f.attrs["format"] = FORMAT_NAME
     f.attrs["format_version"] = FORMAT_VERSION
@@ -93,7 +97,7 @@ def _write(f: h5py.File, model: Model, dataset_name: str, dataset_digest: str) -
     f.attrs["dataset"] = dataset_name or model.config.dataset
     f.attrs["dataset_digest"] = dataset_digest
     f.attrs["versions"] = json.dumps(_versions())
-    f.attrs["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["saved_at"] = _now()
     history = f.create_group("history")
     for column in HISTORY_COLUMNS:
         history.create_dataset(column, data=np.array([getattr(r, column) for r in model.history], dtype=np.float64))

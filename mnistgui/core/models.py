@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
-import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.traversal import io_toposort
 from pytensor.tensor.math import Dot
@@ -226,12 +225,14 @@ def init_parameters(config: Config) -> OrderedDict:
 
 def forward_flops(config: Config) -> int:
     """Multiply-adds x 2 of one image's forward pass, counted over the graph's products and convolutions."""
+    from . import backend
+
     X = pt.matrix("X", dtype="float32")
     source = InputParameters(config.use_bias)
     layers = build_layers(X, source, config)
     inputs = [X, *source.variables.values()]
     products = [node for node in io_toposort(inputs, [layers["logits"]]) if isinstance(node.op, (Dot, Corr2dValid))]
-    shapes = pytensor.function(
+    shapes = backend.function(
         inputs,
         [s for node in products for s in (node.inputs[0].shape, node.inputs[1].shape)],
         mode="FAST_COMPILE", on_unused_input="ignore",
@@ -264,7 +265,7 @@ class LayerFunction:
         self.config = config
         self.names = list(layers)
         self.parameter_names = list(source.variables)
-        self._fn = pytensor.function(
+        self._fn = backend.function(
             [images, *source.variables.values()], list(layers.values()),
             mode=mode or backend.compile_mode(config.backend),
         )

@@ -73,8 +73,8 @@ class Saliency:
         gradient = pytensor.grad(chosen.sum(), pixels)
         mode = mode or backend.compile_mode(model.backend)
         self.model = model
-        self._gradient = pytensor.function([pixels, classes], [gradient, logits], mode=mode)
-        self._logits = pytensor.function([pixels], [logits, layers["probs"]], mode=mode)
+        self._gradient = backend.function([pixels, classes], [gradient, logits], mode=mode)
+        self._logits = backend.function([pixels], [logits, layers["probs"]], mode=mode)
 
     def logits(self, images) -> np.ndarray:
         """(n, 10) scores of uint8 or float images."""

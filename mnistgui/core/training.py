@@ -45,6 +45,8 @@ AUGMENT_STREAM = 7  # keeps the augmentation's draws apart from the shuffling's,
 ROBUST_CHECK_SIZE = 500
 ROBUST_CHECK_STEPS = 10
 COLLAPSE_DROP = 0.3
+# Settings that change what the check measures.
+ROBUST_CHECK_SETTINGS = frozenset({"adv_eps", "adv_training", "val_size", "dataset"})
 ROBUST_CHECK_STREAM = 11
 
 
@@ -260,7 +262,7 @@ class NeuralModel:
     def compile_predict(self) -> float:
         start = time.perf_counter()
         if self._predict is None:
-            self._predict = pytensor.function([self.images], self.layers["probs"], mode=self._mode())
+            self._predict = backend.function([self.images], self.layers["probs"], mode=self._mode())
         return time.perf_counter() - start
 
     def predict_proba(self, images: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
@@ -278,7 +280,7 @@ class NeuralModel:
         """Every named layer for a few images: what the feature-map viewer shows."""
         if self._layer_fn is None:
             names = list(self.layers)
-            fn = pytensor.function([self.images], [self.layers[n] for n in names], mode=self._mode())
+            fn = backend.function([self.images], [self.layers[n] for n in names], mode=self._mode())
             self._layer_fn = (names, fn)
         names, fn = self._layer_fn
         return OrderedDict(zip(names, fn(_as_images(images))))
@@ -378,12 +380,12 @@ class Trainer:
         size = model.config.batch_size
         batch = slice(index * size, (index + 1) * size)  # the last batch is simply shorter
         if model.backend == "jax":  # JAX traces static shapes: a slice by a traced index has none
-            step = pytensor.function([model.images, model.labels], model.cost, updates=model.updates,
+            step = backend.function([model.images, model.labels], model.cost, updates=model.updates,
                                      mode=model._mode())
             self._train_fn = lambda b: step(*(v.get_value(borrow=True)[b * size : (b + 1) * size]
                                               for v in (self._images_shared, self._labels_shared)))
         else:
-            self._train_fn = pytensor.function(
+            self._train_fn = backend.function(
                 [index],
                 model.cost,
                 updates=model.updates,
@@ -445,6 +447,7 @@ class Trainer:
         the same, then raises TrainingDiverged.
         """
         control = control or TrainingControl()
+        self.early_stopped, self.stop_note = False, ""
         if isinstance(self.model, KnnModel):
             yield from self._fit_knn(control)
             return
@@ -459,7 +462,11 @@ class Trainer:
         best_error = min((r.val_error for r in model.history if not math.isnan(r.val_error)), default=math.inf)
         best_state = None
         guarding = model.adversarial.active and evaluate
-        best_robust = max(((r.robust_accuracy, r.epoch) for r in model.history if not math.isnan(r.robust_accuracy)),
+        # The baseline is the best check since the check last changed (its budget, its images): a PGD
+        # accuracy at eps 0.3 is no collapse from one measured at 0.1.
+        since = max((c["after_epoch"] for c in model.config_changes if ROBUST_CHECK_SETTINGS & set(c["changes"])),
+                    default=0)
+        best_robust = max(((r.robust_accuracy, r.epoch) for r in model.history[since:] if not math.isnan(r.robust_accuracy)),
                           default=(-math.inf, 0))
         best_robust_state = None
         for _ in range(epochs):
@@ -534,8 +541,7 @@ class Trainer:
             if collapsed:
                 # Restores the best robust epoch's weights if this run holds them (a resumed run may not).
                 if best_robust_state is not None:
-                    model.set_state(best_robust_state)
-                    model.best_epoch = best_robust[1]
+                    model.set_state(best_robust_state)  # best_epoch too: the best validation up to there
                 self.early_stopped = True
                 self.stop_note = (
                     f"catastrophic overfitting: PGD accuracy on the {self.robust_check_batch()[2]} check batch fell to "

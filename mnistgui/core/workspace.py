@@ -247,14 +247,13 @@ def warm_up() -> None:
     The window calls it once before it shows, so that a worker's first compilation creates no
     long-lived objects for the garbage collector to scan while the window is up.
     """
-    import pytensor
     import pytensor.tensor as pt
 
     from . import backend
     from .ops import max_pool_grad_nhwc, max_pool_nhwc
 
     x = pt.vector("x", dtype="float32")
-    pytensor.function([x], pt.exp(x) * np.float32(2), mode=backend.compile_mode(backend.resolve_backend("auto")))
+    backend.function([x], pt.exp(x) * np.float32(2), mode=backend.compile_mode(backend.resolve_backend("auto")))
     images = np.zeros((1, 2, 2, 1), dtype=np.float32)
     max_pool_grad_nhwc(images, max_pool_nhwc(images))
 

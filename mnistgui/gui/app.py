@@ -38,6 +38,9 @@ def make_application():
     import pyqtgraph as pg
 
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)  # else digits appear transposed
+    from .collector import freeze_long_lived_objects
+
+    freeze_long_lived_objects()
     return app
 
 

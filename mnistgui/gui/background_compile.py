@@ -47,7 +47,8 @@ class BackgroundCompiler(QtCore.QObject):
         title = MODEL_TITLES[config.model]
         self._compiling = key
         status = window.statusBar()
-        status.showMessage(f"compiling the {title.lower()} in the background, so that Start finds it ready…")
+        announcement = f"compiling the {title.lower()} in the background, so that Start finds it ready…"
+        status.showMessage(announcement)
 
         def done(seconds: float):
             self._compiling = None
@@ -58,6 +59,7 @@ class BackgroundCompiler(QtCore.QObject):
         def failed(exc: Exception):  # Start compiles again and reports the problem properly
             self._compiling = None
             self.compiled[key] = math.nan  # not again
-            status.clearMessage()
+            if status.currentMessage() == announcement:  # never another message, such as a stop note
+                status.clearMessage()
 
         window._in_background(lambda: precompile(config), done, failed)

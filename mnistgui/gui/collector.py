@@ -7,14 +7,18 @@ them from the wrong thread; Qt then crashes later, far from the cause (seen: seg
 pyqtgraph's WidgetGroup while a later window built its plots). So while a window lives, automatic
 collection is off and a timer on the GUI thread collects instead (pyqtgraph's GarbageCollector does
 the same): young generations whenever their thresholds are passed, the full heap when a worker has
-finished (`collect_all`) and otherwise at most every FULL_PASS_INTERVAL seconds. Each pass holds the
+finished (`collect_all`) and otherwise, while no worker runs, at most every FULL_PASS_INTERVAL
+seconds (a full pass over a long session's heap stalls the event loop by 100 ms or more). Each pass holds the
 GIL, so workers wait for it, never the other way round.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import time
+import traceback
+from typing import Callable
 
 from PyQt5 import QtCore
 
@@ -25,39 +29,73 @@ FULL_PASS_INTERVAL = 30.0
 class GuiThreadCollector(QtCore.QObject):
     def __init__(self):
         super().__init__()
-        self._users = 0
+        self._leases = 0
+        self._holds = 0  # threads at work: full passes wait for them (each stalls the event loop)
+        self._enabled_before = True
         self._threshold = gc.get_threshold()
         self._last_full = time.monotonic()
         self._timer = QtCore.QTimer(self, interval=CHECK_INTERVAL_MS, timeout=self._check)
 
-    def acquire(self) -> None:
-        """A window opens: collect what earlier ones left (here, on the GUI thread), then take over."""
-        if self._users == 0:
+    def acquire(self) -> Callable[[], None]:
+        """A window opens: collect what earlier ones left (here, on the GUI thread), then take over.
+
+        Returns the release, to be called once the window is gone (calling it again does nothing).
+        """
+        if self._leases == 0:
             gc.collect()
+            self._enabled_before = gc.isenabled()
             self._threshold = gc.get_threshold()
             gc.disable()
             self._last_full = time.monotonic()
             self._timer.start()
-        self._users += 1
+        self._leases += 1
+        released = False
 
-    def release(self) -> None:
-        """A window has closed for good; with the last one, automatic collection comes back."""
-        self._users = max(0, self._users - 1)
-        if self._users == 0:
+        def release(*_destroyed) -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release()
+
+        return release
+
+    def _release(self) -> None:
+        self._leases -= 1
+        if self._leases == 0:
             self._timer.stop()
-            gc.enable()
+            if self._enabled_before:
+                gc.enable()
+
+    def hold_full_passes(self) -> Callable[[], None]:
+        """A worker starts: no timed full pass until it ends (its end brings one, `collect_all`).
+
+        Returns the release (calling it again does nothing)."""
+        self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._holds -= 1
+
+        return release
+
+    @property
+    def active(self) -> bool:
+        return self._leases > 0
 
     def collect_all(self) -> None:
         gc.collect()
         self._last_full = time.monotonic()
 
     def _check(self) -> None:
-        young, middle, old = gc.get_count()
-        if young > self._threshold[0]:
+        if gc.get_count()[0] > self._threshold[0]:
             gc.collect(0)
-            if middle > self._threshold[1]:
+            if gc.get_count()[1] > self._threshold[1]:
                 gc.collect(1)
-        if old > self._threshold[2] and time.monotonic() - self._last_full > FULL_PASS_INTERVAL:
+        if (not self._holds and gc.get_count()[2] > self._threshold[2]
+                and time.monotonic() - self._last_full > FULL_PASS_INTERVAL):
             self.collect_all()
 
 
@@ -70,3 +108,32 @@ def gui_collector() -> GuiThreadCollector:
     if _collector is None:
         _collector = GuiThreadCollector()
     return _collector
+
+
+_warmed_up = False
+
+
+def freeze_long_lived_objects() -> None:
+    """Once per process, before any window exists (make_application calls it): keep the objects alive
+    now (modules, the compiler's caches) out of the garbage collector's full passes.
+
+    The GUI thread runs those passes, and over the 220,000-odd objects of the
+    imported modules each one stalled the event loop for about 180 ms. Warming the compiler up first
+    puts what its first use imports among them. Windows themselves are never frozen: a closed one must
+    stay collectable (frozen, each closed window stayed in memory with its data sets until exit).
+    """
+    global _warmed_up
+    if _warmed_up:
+        return
+    from ..core.workspace import warm_up
+
+    try:
+        warm_up()
+    except Exception:  # only a head start: a real compilation reports any problem properly
+        traceback.print_exc()
+    # Frozen objects are skipped by the collection at exit too, and PyQt's widgets then die in
+    # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
+    atexit.register(gc.unfreeze)
+    _warmed_up = True
+    gc.collect()
+    gc.freeze()

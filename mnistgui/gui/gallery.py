@@ -151,12 +151,16 @@ class DigitDetail(QtWidgets.QDialog):
         self.setWindowTitle(title or f"Test image {index}")
         self.saliency = saliency
         layout = QtWidgets.QHBoxLayout(self)
-        picture = pg.ImageView()
-        picture.ui.histogram.hide()
-        picture.ui.roiBtn.hide()
-        picture.ui.menuBtn.hide()
-        picture.setImage(image.reshape(28, 28).astype(np.float32), levels=(0, 255))
+        # Not pg.ImageView: it registers named ViewBoxes, whose destruction makes pyqtgraph walk every
+        # ViewBox of the process (ViewBox.forgetView); closing such dialogs crashed the interpreter
+        # (segmentation faults in later windows; pyqtgraph issue 1628, mantidimaging 3086).
+        picture = pg.GraphicsLayoutWidget()
         picture.setMinimumSize(280, 280)
+        view = picture.addViewBox(lockAspect=True, invertY=True)
+        view.setMenuEnabled(False)
+        self.image_item = pg.ImageItem(image.reshape(28, 28).astype(np.float32), levels=(0, 255))
+        view.addItem(self.image_item)
+        view.setRange(xRange=(0, 28), yRange=(0, 28), padding=0.02)
         layout.addWidget(picture, 1)
         side = QtWidgets.QVBoxLayout()
         verdict = f"true: {class_names[label]}"

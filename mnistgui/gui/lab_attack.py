@@ -139,8 +139,12 @@ class AttackView(QtWidgets.QWidget):
         self._stale = True
         self._timer = QtCore.QTimer(self, singleShot=True, interval=15, timeout=self.update_attack)
         service.run_changed.connect(self.set_run)
-        service.model_changed.connect(lambda text: text and self.live_status.setText(text))
+        service.model_changed.connect(self._model_status)  # a method: disconnected when this view goes
         self.set_run(service.run)
+
+    def _model_status(self, text: str) -> None:
+        if text:
+            self.live_status.setText(text)
 
     # --- construction -------------------------------------------------------------------------------
 
@@ -414,12 +418,12 @@ class AttackView(QtWidgets.QWidget):
         method, steps = self.method_box.currentData(), self.steps_spin.value()
         worker = CurveWorker(spec, run.dataset.test_images[:count], run.dataset.test_labels[:count], eps_values,
                              method, steps)
-        key = (spec.key, spec.epochs, method)
-        name = f"{run.name}, {spec.epochs} ep, {METHOD_TITLES[method]}"
+        worker.curve = ((spec.key, spec.epochs, method), f"{run.name}, {spec.epochs} ep, {METHOD_TITLES[method]}", run)
+        # Bound methods only: PyQt disconnects them if this view goes before the worker ends.
         worker.stage.connect(self.curve_status.setText)
         worker.progress.connect(self._progress)
-        worker.done.connect(lambda report: self._curve_done(key, name, run, report))
-        worker.cancelled.connect(lambda report: self._curve_done(key, name, run, report, cancelled=True))
+        worker.done.connect(self._curve_done)
+        worker.cancelled.connect(self._curve_cancelled)
         worker.failed.connect(self._curve_failed)
         worker.finished.connect(self._worker_finished)
         self.worker = worker
@@ -449,7 +453,11 @@ class AttackView(QtWidgets.QWidget):
     def _curve_failed(self, message: str) -> None:
         self.curve_status.setText(f"<span style='color:#b71c1c'>failed: {message}</span>")
 
-    def _curve_done(self, key, name, run, report: AttackReport, cancelled: bool = False) -> None:
+    def _curve_cancelled(self, report: AttackReport) -> None:
+        self._curve_done(report, cancelled=True, worker=self.sender())
+
+    def _curve_done(self, report: AttackReport, cancelled: bool = False, worker=None) -> None:
+        key, name, run = (worker or self.sender()).curve
         results = report.results
         if results:
             self.curves[key] = {"name": name, "model": run.config.model, "method": report.method,

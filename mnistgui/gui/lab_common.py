@@ -76,18 +76,37 @@ class NoModel(Exception):
     """No run is selected, or it has not finished an epoch."""
 
 
+class _Inbox:
+    """The requests waiting for the service's thread: plain Python, shared by the two threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pending: dict[str, tuple[int, RunSpec | str, Callable]] = {}  # a str: why there is no model
+        self.wake = queue.Queue()
+        self.closed = False
+
+
+class _Relay(QtCore.QObject):
+    """Made in the service's thread and only ever touched there: what that thread says reaches the
+    service through it, queued to the GUI thread. Qt drops the connections when the service goes, so the
+    thread can never emit on a deleted object, and the relay dies in the thread that made it."""
+
+    model_changed = QtCore.pyqtSignal(str)
+    answered = QtCore.pyqtSignal(str, int, bool, object)  # channel, request number, succeeded, value
+
+
 class ModelService(QtCore.QObject):
     """Answers requests for the selected run's model in one background thread, latest first.
 
     `request(channel, function, on_result, on_failure)`: `function(lab_model)` runs in the service's
     thread; `on_result(value)` or `on_failure(message)` is then called in the GUI thread, unless a
     newer request on the same channel was made meanwhile. `model_changed(text)` says what the service
-    is doing ("" when ready).
+    is doing ("" when ready). `close()` drops what is pending; the thread ends after the request at
+    hand, holding no reference to this object meanwhile.
     """
 
     model_changed = QtCore.pyqtSignal(str)
     run_changed = QtCore.pyqtSignal(object)  # the Run now served, or None
-    _answered = QtCore.pyqtSignal(str, int, bool, object)  # channel, request number, succeeded, value
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -95,12 +114,17 @@ class ModelService(QtCore.QObject):
         self.run = None
         self._numbers = itertools.count(1)
         self._latest: dict[str, tuple[int, Callable, Callable | None]] = {}
-        self._pending: dict[str, tuple[int, RunSpec | str, Callable]] = {}  # a str: why there is no model
-        self._lock = threading.Lock()
-        self._wake = queue.Queue()
-        self._answered.connect(self._deliver)
-        self._thread = threading.Thread(target=self._serve, name="lab-model-service", daemon=True)
+        self._inbox = _Inbox()
+        attached = threading.Event()
+        self._thread = threading.Thread(target=_serve, args=(self._inbox, self._attach, attached),
+                                        name="lab-model-service", daemon=True)
         self._thread.start()
+        attached.wait()  # the relay is connected: no answer can be lost (a few milliseconds, once)
+
+    def _attach(self, relay: _Relay) -> None:
+        """Called once, in the service's thread, to connect its relay to this object's slots."""
+        relay.model_changed.connect(self.model_changed)
+        relay.answered.connect(self._deliver)
 
     # --- GUI thread -----------------------------------------------------------------------------
 
@@ -121,19 +145,23 @@ class ModelService(QtCore.QObject):
         if spec is None:  # answered with the reason, in turn, like any other request
             reason = "train or open a model first" if self.run is None else "the run has not finished an epoch yet"
             spec = reason
-        with self._lock:
-            self._pending[channel] = (number, spec, function)
-        self._wake.put(True)
+        with self._inbox.lock:
+            self._inbox.pending[channel] = (number, spec, function)
+        self._inbox.wake.put(True)
         return number
 
     def forget(self, channel: str) -> None:
         """Drop the channel's pending request and ignore its answer."""
         self._latest.pop(channel, None)
-        with self._lock:
-            self._pending.pop(channel, None)
+        with self._inbox.lock:
+            self._inbox.pending.pop(channel, None)
 
     def close(self) -> None:
-        self._wake.put(None)
+        self._latest.clear()
+        with self._inbox.lock:
+            self._inbox.closed = True
+            self._inbox.pending.clear()
+        self._inbox.wake.put(None)
 
     def _deliver(self, channel: str, number: int, succeeded: bool, value) -> None:
         latest = self._latest.get(channel)
@@ -150,43 +178,43 @@ class ModelService(QtCore.QObject):
             if "deleted" not in str(exc):
                 raise
 
-    # --- the service's thread ----------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        try:
-            self._serve_requests()
-        except RuntimeError as exc:  # the Qt side is gone (the application is quitting): nobody to answer
-            if "deleted" not in str(exc):
-                raise
+# --- the service's thread ----------------------------------------------------------------------------
 
-    def _serve_requests(self) -> None:
-        lab: LabModel | None = None
+
+def _serve(inbox: _Inbox, attach: Callable[[_Relay], None], attached: threading.Event) -> None:
+    relay = _Relay()
+    try:
+        attach(relay)
+    finally:
+        attached.set()
+    del attach  # a bound method of the service: the thread must not keep the service alive
+    lab: LabModel | None = None
+    while inbox.wake.get() is not None:
         while True:
-            if self._wake.get() is None:
-                return
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        break
-                    channel = next(iter(self._pending))
-                    number, spec, function = self._pending.pop(channel)
-                try:
-                    if isinstance(spec, str):
-                        raise NoModel(spec)
-                    if lab is None or lab.spec.identity != spec.identity:
-                        lab = None  # the old model goes before the new one is built
-                        self.model_changed.emit(f"Preparing run {spec.key} (epoch {spec.epochs})…")
-                        try:
-                            lab = LabModel(spec)
-                        finally:
-                            self.model_changed.emit("")
-                    value = function(lab)
-                except Exception as exc:  # every failure reaches the view as a message
-                    if not isinstance(exc, (NoModel, MnistguiError)):  # a bug, not a user's situation
-                        traceback.print_exc()
-                    self._answered.emit(channel, number, False, str(exc) if isinstance(exc, NoModel) else describe(exc))
-                else:
-                    self._answered.emit(channel, number, True, value)
+            with inbox.lock:
+                if inbox.closed or not inbox.pending:
+                    break
+                channel = next(iter(inbox.pending))
+                number, spec, function = inbox.pending.pop(channel)
+            try:
+                if isinstance(spec, str):
+                    raise NoModel(spec)
+                if lab is None or lab.spec.identity != spec.identity:
+                    lab = None  # the old model goes before the new one is built
+                    relay.model_changed.emit(f"Preparing run {spec.key} (epoch {spec.epochs})…")
+                    try:
+                        lab = LabModel(spec)
+                    finally:
+                        relay.model_changed.emit("")
+                value = function(lab)
+            except Exception as exc:  # every failure reaches the view as a message
+                if not isinstance(exc, (NoModel, MnistguiError)):  # a bug, not a user's situation
+                    traceback.print_exc()
+                relay.answered.emit(channel, number, False, str(exc) if isinstance(exc, NoModel) else describe(exc))
+            else:
+                relay.answered.emit(channel, number, True, value)
+            del function  # a view's closure: not kept past its answer
 
 
 # --- images -----------------------------------------------------------------------------------------

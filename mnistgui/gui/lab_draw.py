@@ -205,7 +205,7 @@ class DrawView(QtWidgets.QWidget):
         self.features_button.clicked.connect(lambda: self.digit is not None and self.show_features.emit(self.digit))
         self.attack_button.clicked.connect(lambda: self.digit is not None and self.attack_digit.emit(self.digit))
         service.run_changed.connect(self._run_changed)
-        service.model_changed.connect(lambda text: self.status.setText(text))
+        service.model_changed.connect(self.status.setText)  # a method: disconnected when the label goes
         self.update_prediction()
 
     def _run_changed(self, run) -> None:

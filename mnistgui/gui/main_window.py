@@ -8,9 +8,6 @@ while one runs hides the window at once and finishes closing when the threads ar
 
 from __future__ import annotations
 
-import atexit
-import gc
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError, MnistguiError
 from ..core.memory import release_free_memory
 from ..core.presets import preset
-from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace, warm_up
+from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace
 from .background_compile import BackgroundCompiler
 from .collector import gui_collector
 from .config_panel import ConfigPanel
@@ -46,31 +43,6 @@ STATE_TITLES = {"idle": "Ready", "compiling": "Compiling", "training": "Training
                 "loading": "Loading", "saving": "Saving"}
 
 
-_warmed_up = False
-
-
-def _freeze_long_lived_objects():
-    """Keep the objects alive now (modules, widgets, the compiler's caches) out of the garbage
-    collector's full passes.
-
-    A full pass holds the GIL throughout, whichever thread triggers it, and a worker building a
-    graph triggers several: over the window's 230,000-odd objects each one stalled the event loop
-    for about 180 ms. Warming the compiler up first puts what its first use imports among them.
-    """
-    global _warmed_up
-    if not _warmed_up:
-        try:
-            warm_up()
-        except Exception:  # only a head start: a real compilation reports any problem properly
-            traceback.print_exc()
-        # Frozen objects are skipped by the collection at exit too, and PyQt's widgets then die in
-        # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
-        atexit.register(gc.unfreeze)
-        _warmed_up = True
-    gc.collect()
-    gc.freeze()
-
-
 class MainWindow(QtWidgets.QMainWindow):
     state_changed = QtCore.pyqtSignal(str)
     predictions_ready = QtCore.pyqtSignal(object)  # the Run of an opened file, once its predictions are in
@@ -78,6 +50,18 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def __init__(self, settings: QtCore.QSettings | None = None, data_dir: str | None = None):
         super().__init__()
+        # No automatic collection from here on, not even while the widgets are built: it would run in
+        # whichever thread allocates. The release is called on the final close, or when the window is
+        # destroyed without one (a closure that does not keep the window alive).
+        self._release_collector = release = gui_collector().acquire()
+        self.destroyed.connect(release)
+        try:
+            self._build(settings, data_dir)
+        except BaseException:
+            release()
+            raise
+
+    def _build(self, settings, data_dir):
         self.settings = settings or QtCore.QSettings()
         self.workspace = Workspace(data_dir=data_dir, preferred_data_dir=self.settings.value("data_dir", None) or None)
         self.current: Run | None = None
@@ -100,9 +84,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self._shown_dataset = self._panel_dataset()  # the first load waits for Start or app start-up
         self.workspace.subscribe(self._on_event)
         self._set_state("idle")
-        _freeze_long_lived_objects()
-        gui_collector().acquire()
-        self._collector_released = False
         self.background_compiler = BackgroundCompiler(self)
 
     # --- construction ------------------------------------------------------------------------------
@@ -146,7 +127,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabs.addTab(self.filters, "Filters and feature maps")
         # The selected run's model for the lab's views, in a thread of its own. No Qt parent: the service
         # must outlive the window while its thread finishes a request.
-        self.lab = ModelService()
+        self.lab = ModelService(self)
         self.draw_view = DrawView(self.lab)
         self.draw_view.show_features.connect(self.show_drawn_feature_maps)
         self.tabs.addTab(self.draw_view, "Draw")
@@ -260,11 +241,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _track(self, thread: QtCore.QThread) -> None:
         self.tasks.add(thread)
-        thread.finished.connect(lambda t=thread: self._thread_finished(t))
+        thread.finished.connect(gui_collector().hold_full_passes())  # released even if the window goes first
+        thread.finished.connect(self._thread_finished)  # a method: disconnected if the window goes first
         start_detached(thread)
 
-    def _thread_finished(self, thread) -> None:
-        self.tasks.discard(thread)
+    def _thread_finished(self) -> None:
+        self.tasks.discard(self.sender())
         # What the thread built (a model's graphs, a data set's copies) is garbage now: collect it here,
         # on the GUI thread, and hand the freed pages back to the OS.
         gui_collector().collect_all()
@@ -603,7 +585,5 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         self.lab.close()
         self.workspace.close()
-        if not self._collector_released:
-            self._collector_released = True
-            gui_collector().release()
+        self._release_collector()
         event.accept()

@@ -16,6 +16,7 @@ class TrainingController(QtCore.QObject):
     state_changed = QtCore.pyqtSignal(str, str)  # state, detail
     status_message = QtCore.pyqtSignal(str, int)  # text, milliseconds
     failed = QtCore.pyqtSignal(str)  # a message for the user
+    compiled_in = QtCore.pyqtSignal(float)  # seconds the run's compilation took
 
     def __init__(self, workspace: Workspace, parent=None):
         super().__init__(parent)
@@ -50,11 +51,14 @@ class TrainingController(QtCore.QObject):
         self._epochs_target = run.epochs_done + job.epochs
         self._shown_epoch = None
         worker = TrainingWorker(job)
+        worker.run = run  # whose epochs these are, even if they arrive after a newer launch
+        # Bound methods only: PyQt disconnects them when this controller goes, and the detached worker
+        # may outlive it (a lambda here would then run on a deleted object).
         worker.compiling.connect(self._on_compiling)
         worker.compiled.connect(self._on_compiled)
         worker.batch_progress.connect(self._on_batch)
-        worker.epoch_finished.connect(lambda outcome, r=run: self._on_epoch(r, outcome))
-        worker.stopped_early.connect(lambda note: self.status_message.emit(note, 0))
+        worker.epoch_finished.connect(self._on_epoch)
+        worker.stopped_early.connect(self._on_stopped_early)
         worker.finished_run.connect(self._on_finished)
         worker.failed.connect(self._on_failed)
         self.worker = worker
@@ -96,6 +100,7 @@ class TrainingController(QtCore.QObject):
 
     def _on_compiled(self, seconds: float):
         self._compile_timer.stop()
+        self.compiled_in.emit(seconds)
         self.status_message.emit(f"compiled in {seconds:.1f} s", 4000)
         if self.state == "compiling":
             self._set_state("training", f"epoch {self.run.epochs_done + 1} of {self._epochs_target}")
@@ -111,10 +116,13 @@ class TrainingController(QtCore.QObject):
             self._shown_epoch = progress.epoch
             self._set_state("training", f"epoch {progress.epoch} of {self._epochs_target}")
 
-    def _on_epoch(self, run: Run, outcome):
-        self.workspace.record_epoch(run, outcome)
+    def _on_epoch(self, outcome):
+        self.workspace.record_epoch(self.sender().run, outcome)
         result = outcome.result
         self.status_message.emit(f"epoch {result.epoch}: test error {result.test_error:.2%}, {result.seconds:.1f} s", 5000)
+
+    def _on_stopped_early(self, note: str):
+        self.status_message.emit(note, 0)
 
     def _on_finished(self, how: str):
         self._compile_timer.stop()
