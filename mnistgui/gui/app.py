@@ -38,9 +38,9 @@ def make_application():
     import pyqtgraph as pg
 
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)  # else digits appear transposed
-    from .collector import freeze_long_lived_objects
+    from .collector import warm_up_once
 
-    freeze_long_lived_objects()
+    warm_up_once()
     return app
 
 

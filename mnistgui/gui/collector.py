@@ -8,8 +8,13 @@ pyqtgraph's WidgetGroup while a later window built its plots). So while a window
 collection is off and a timer on the GUI thread collects instead (pyqtgraph's GarbageCollector does
 the same): young generations whenever their thresholds are passed, the full heap when a worker has
 finished (`collect_all`) and otherwise, while no worker runs, at most every FULL_PASS_INTERVAL
-seconds (a full pass over a long session's heap stalls the event loop by 100 ms or more). Each pass holds the
-GIL, so workers wait for it, never the other way round.
+seconds. Each pass holds the GIL, so workers wait for it, never the other way round.
+
+A full pass walks every object of the heap, and a long session's heap (compiled functions, data sets)
+makes that 200-500 ms on the GUI thread (measured late in the one-process test suite). So a window,
+once built, freezes what is alive (`freeze_session`): full passes then walk only what came after it.
+The frozen objects include the window itself, so when the last window is gone they are unfrozen, and a
+closed window is collected whole.
 """
 
 from __future__ import annotations
@@ -63,8 +68,15 @@ class GuiThreadCollector(QtCore.QObject):
         self._leases -= 1
         if self._leases == 0:
             self._timer.stop()
+            gc.unfreeze()  # collectable again, closed windows included
             if self._enabled_before:
                 gc.enable()
+
+    def freeze_session(self) -> None:
+        """A window is built: what is alive now stays out of the full passes until the last window goes."""
+        gc.collect()
+        gc.freeze()
+        self._last_full = time.monotonic()
 
     def hold_full_passes(self) -> Callable[[], None]:
         """A worker starts: no timed full pass until it ends (its end brings one, `collect_all`).
@@ -113,15 +125,9 @@ def gui_collector() -> GuiThreadCollector:
 _warmed_up = False
 
 
-def freeze_long_lived_objects() -> None:
-    """Once per process, before any window exists (make_application calls it): keep the objects alive
-    now (modules, the compiler's caches) out of the garbage collector's full passes.
-
-    The GUI thread runs those passes, and over the 220,000-odd objects of the
-    imported modules each one stalled the event loop for about 180 ms. Warming the compiler up first
-    puts what its first use imports among them. Windows themselves are never frozen: a closed one must
-    stay collectable (frozen, each closed window stayed in memory with its data sets until exit).
-    """
+def warm_up_once() -> None:
+    """Before the first window (make_application calls it): compile a small function, so that what a
+    compiler's first use imports and caches is alive, and frozen, when the window freezes its session."""
     global _warmed_up
     if _warmed_up:
         return
@@ -135,5 +141,3 @@ def freeze_long_lived_objects() -> None:
     # an order that crashes the interpreter (measured: a segfault on quitting mid-training).
     atexit.register(gc.unfreeze)
     _warmed_up = True
-    gc.collect()
-    gc.freeze()

@@ -85,6 +85,13 @@ class _Inbox:
         self.wake = queue.Queue()
         self.closed = False
 
+    def close(self, *_destroyed) -> None:
+        """Drop what is pending and end the thread after the request at hand."""
+        with self.lock:
+            self.closed = True
+            self.pending.clear()
+        self.wake.put(None)
+
 
 class _Relay(QtCore.QObject):
     """Made in the service's thread and only ever touched there: what that thread says reaches the
@@ -115,6 +122,7 @@ class ModelService(QtCore.QObject):
         self._numbers = itertools.count(1)
         self._latest: dict[str, tuple[int, Callable, Callable | None]] = {}
         self._inbox = _Inbox()
+        self.destroyed.connect(self._inbox.close)  # also when the window goes without closing first
         attached = threading.Event()
         self._thread = threading.Thread(target=_serve, args=(self._inbox, self._attach, attached),
                                         name="lab-model-service", daemon=True)
@@ -158,10 +166,7 @@ class ModelService(QtCore.QObject):
 
     def close(self) -> None:
         self._latest.clear()
-        with self._inbox.lock:
-            self._inbox.closed = True
-            self._inbox.pending.clear()
-        self._inbox.wake.put(None)
+        self._inbox.close()
 
     def _deliver(self, channel: str, number: int, succeeded: bool, value) -> None:
         latest = self._latest.get(channel)

@@ -85,6 +85,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.workspace.subscribe(self._on_event)
         self._set_state("idle")
         self.background_compiler = BackgroundCompiler(self)
+        gui_collector().freeze_session()
 
     # --- construction ------------------------------------------------------------------------------
 
@@ -125,8 +126,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.filters = FilterView()
         self.filters.mode_box.currentIndexChanged.connect(self._request_layer_function)
         self.tabs.addTab(self.filters, "Filters and feature maps")
-        # The selected run's model for the lab's views, in a thread of its own. No Qt parent: the service
-        # must outlive the window while its thread finishes a request.
+        # The selected run's model for the lab's views, in a thread of its own (which never touches the
+        # service object itself: it may go with the window while the thread finishes a request).
         self.lab = ModelService(self)
         self.draw_view = DrawView(self.lab)
         self.draw_view.show_features.connect(self.show_drawn_feature_maps)
