@@ -44,10 +44,10 @@ PRESETS = {
                     augment_shift=1.5, augment_rotate=8.0, shuffle=True, epochs=20)),
         Preset("robust-convnet", "Robust convnet",
                "the modern convnet trained on adversarial examples (FGSM with a random start, eps 0.3, step "
-               "1.25 eps, as Wong et al. 2020), 10 epochs, guarded against catastrophic overfitting; check it "
+               "1.25 eps, as Wong et al. 2020), 15 epochs, guarded against catastrophic overfitting; check it "
                "with `mnistgui attack --method pgd`",
                dict(model="convnet", use_bias=True, init="he", optimizer="adam", learning_rate=0.005,
-                    schedule="onecycle", batch_size=100, shuffle=True, epochs=10, conv_dropout=0.0,
+                    schedule="onecycle", batch_size=100, shuffle=True, epochs=15, conv_dropout=0.0,
                     hidden_dropout=0.0, adv_training="fgsm", adv_eps=0.3)),
     ]
 }
