@@ -31,6 +31,19 @@ CHECK_INTERVAL_MS = 200
 FULL_PASS_INTERVAL = 30.0
 
 
+def _once(action: Callable[[], None]) -> Callable[..., None]:
+    """`action`, callable any number of times (with any arguments, as a slot) but carried out once."""
+    done = False
+
+    def call(*_signal_arguments) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return call
+
+
 class GuiThreadCollector(QtCore.QObject):
     def __init__(self):
         super().__init__()
@@ -54,15 +67,7 @@ class GuiThreadCollector(QtCore.QObject):
             self._last_full = time.monotonic()
             self._timer.start()
         self._leases += 1
-        released = False
-
-        def release(*_destroyed) -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._release()
-
-        return release
+        return _once(self._release)
 
     def _release(self) -> None:
         self._leases -= 1
@@ -83,15 +88,10 @@ class GuiThreadCollector(QtCore.QObject):
 
         Returns the release (calling it again does nothing)."""
         self._holds += 1
-        released = False
+        return _once(self._end_hold)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._holds -= 1
-
-        return release
+    def _end_hold(self) -> None:
+        self._holds -= 1
 
     @property
     def active(self) -> bool:
