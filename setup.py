@@ -25,6 +25,7 @@ setup(
         "PyQt5>=5.15",
         "pyqtgraph>=0.13.7",
         "Pillow>=10",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-qt>=4.4", "pytest-timeout>=2.3", "hypothesis>=6.100", "scipy>=1.11",

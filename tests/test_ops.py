@@ -160,3 +160,68 @@ def test_static_full_padding_has_correct_gradients():
     X, W = pt.tensor4(dtype="float64"), pt.tensor4(dtype="float64")
     fn = pytensor.function([X, W], conv2d(X, W, "full", filter_shape=(4, 3, 3, 2)), mode=MODE)
     np.testing.assert_allclose(fn(x, w), _reference_conv(x, w, "full"), rtol=1e-10, atol=1e-10)
+
+
+# --- the kernels split over threads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_kernels_in_parts_equal_one_part(monkeypatch, threads):
+    """Batches of 37 and 64 images cut into parts (threads) and blocks give what one part gives."""
+    from mnistgui.core import ops
+
+    rng = np.random.default_rng(5)
+    for n, side, channels, filters in ((37, 9, 5, 6), (64, 30, 1, 32)):
+        x = rng.standard_normal((n, side, side, channels))
+        k = rng.standard_normal((filters, channels, 3, 3))
+        g = rng.standard_normal((n, side - 2, side - 2, filters))
+        pooled_in = rng.integers(-2, 3, size=(n, side - 2, side - 2, filters)).astype(np.float64)  # many ties
+        pool_grad = rng.standard_normal((n, (side - 1) // 2, (side - 1) // 2, filters))
+
+        def everything():
+            return (ops.corr2d_nhwc(x, k), ops.corr2d_weights_nhwc(x, g), ops.corr2d_input_grad_nhwc(g, k, side, side),
+                    ops.max_pool_nhwc(pooled_in), ops.max_pool_grad_nhwc(pooled_in, pool_grad))
+
+        monkeypatch.setenv("MNISTGUI_THREADS", "1")
+        single = everything()
+        monkeypatch.setenv("MNISTGUI_THREADS", threads)
+        parted = everything()
+        for one, many in zip(single[:3], parted[:3]):
+            np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(parted[3], single[3])
+        np.testing.assert_array_equal(parted[4], single[4])
+        np.testing.assert_array_equal(parted[3].transpose(0, 3, 1, 2), _reference_pool(pooled_in.transpose(0, 3, 1, 2)))
+
+
+def test_pool_gradient_in_whole_and_border_windows_goes_to_first_maximum():
+    """Every tie pattern of a whole 2x2 window (the vectorised path) and of the odd border windows."""
+    from mnistgui.core import ops
+
+    patterns = np.array(np.meshgrid(*[[0.0, 1.0]] * 4, indexing="ij")).reshape(4, -1).T  # 16 windows
+    x = np.zeros((1, 2, 2 * len(patterns) + 1, 1))  # plus one odd border column
+    for index, (a, b, c, d) in enumerate(patterns):
+        x[0, :, 2 * index : 2 * index + 2, 0] = [[a, b], [c, d]]
+    x[0, :, -1, 0] = [3.0, 3.0]  # a border window with a tie
+    gz = np.arange(1.0, len(patterns) + 2).reshape(1, 1, -1, 1)
+    gx = ops.max_pool_grad_nhwc(x, gz)
+    for index, window in enumerate(patterns):
+        expected = np.zeros(4)
+        expected[int(np.argmax(window))] = gz[0, 0, index, 0]  # argmax: the first maximum, row-major
+        np.testing.assert_array_equal(gx[0, :, 2 * index : 2 * index + 2, 0].ravel(), expected)
+    np.testing.assert_array_equal(gx[0, :, -1, 0], [gz[0, 0, -1, 0], 0.0])
+
+
+def test_single_threaded_blas_nests_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from mnistgui.core.ops import single_threaded_blas
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    with single_threaded_blas():
+        with single_threaded_blas():
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {1}  # the outer holder still runs
+    assert blas_threads() == before

@@ -33,3 +33,31 @@ def release_free_memory() -> bool:
         return False
     _TRIM(0)
     return True
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_reusing = False
+
+
+def reuse_large_blocks() -> bool:
+    """Serve blocks up to 32 MB from malloc's heap and keep freed ones for reuse; True if it could.
+
+    glibc maps a fresh block for each large allocation and unmaps it on free, so every step of a
+    convnet page-faults its feature maps in anew: 0.92 million floats a map, written three times
+    over by one elementwise Op, took 4.6 ms where the same Op on reused memory takes 0.2 ms. With
+    this, an epoch of 6,400 images went from 3.8 to 3.2 s on 2 cores. `release_free_memory` still
+    returns free pages when a run ends.
+    """
+    global _reusing
+    if _reusing:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _reusing = bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 * 2**20))
+    return _reusing

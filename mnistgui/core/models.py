@@ -138,7 +138,7 @@ def convnet(X, p: ParameterSource, c: Config, drop: Dropout):
 
     With the defaults (filters 32, 64, 128) the maps' side goes 28 -> 30 (3x3 'full' conv) -> 15
     (2x2 max pool, rounding up) -> 13 ('valid') -> 7 -> 5 -> 3, so w4 is (128 * 3 * 3, 625):
-        l1 = pool(relu(conv(X, w, 'full')))   (n, 32, 15, 15)
+        l1 = pool(relu(conv(X, w, 'full')))   (n, 32, 15, 15), computed as relu(pool(conv))
         l2 = pool(relu(conv(l1, w2)))         (n, 64, 7, 7)
         l3 = pool(relu(conv(l2, w3)))         (n, 128, 3, 3), flattened to (n, 1152)
         l4 = relu(l3 w4)                      (n, 625)
@@ -156,9 +156,12 @@ def convnet(X, p: ParameterSource, c: Config, drop: Dropout):
         shape = (filters, channels, 3, 3)
         pre = conv2d_nhwc(h, p.weight("w" + suffix, shape), mode, filter_shape=shape)
         bias = p.bias("b" + suffix, filters)
-        h = act(pre if bias is None else pre + bias)
-        layers[f"conv{index}"] = h.dimshuffle(0, 3, 1, 2)
-        h = max_pool_2d_nhwc(h)
+        layers[f"conv{index}"] = act(pre if bias is None else pre + bias).dimshuffle(0, 3, 1, 2)
+        # pool(act(pre + b)) computed as act(pool(pre) + b): the same values (every activation here is
+        # monotone and the bias is one number a channel), with the elementwise work on a quarter of
+        # the pixels; the gradient differs only where a window holds two equal maxima.
+        pooled = max_pool_2d_nhwc(pre)
+        h = act(pooled if bias is None else pooled + bias)
         layers[f"pool{index}"] = h.dimshuffle(0, 3, 1, 2)
         side = side + 2 if mode == "full" else side - 2
         channels, side = filters, (side + 1) // 2

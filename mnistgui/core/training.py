@@ -8,6 +8,7 @@ GUI's worker thread emits it as signals.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -27,7 +28,9 @@ from .data import Dataset
 from .errors import ConfigError, TrainingDiverged
 from .knn import iter_nearest, nearest_neighbours, vote
 from .layers import RngChain
+from .memory import reuse_large_blocks
 from .models import N_CLASSES, ExistingParameters, build_layers, check_size, init_parameters
+from .ops import single_threaded_blas
 from .optimizers import make_updates
 from .schedules import learning_rate_at
 
@@ -159,6 +162,11 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
 
 
+def _kernel_cores(config: Config):
+    """The convnet's kernels split each batch over the cores themselves: BLAS keeps to one thread meanwhile."""
+    return single_threaded_blas() if config.model == "convnet" else contextlib.nullcontext()
+
+
 class NeuralModel:
     """One of the four trained models: symbolic graph, shared state, history."""
 
@@ -167,6 +175,7 @@ class NeuralModel:
         if not config.is_trainable:
             raise ValueError("use KnnModel for knn")
         check_size(config)
+        reuse_large_blocks()
         self.config = config
         self.history: list[EpochResult] = []
         # Each resume that changed settings: {"after_epoch": n, "changes": {name: [old, new]}}.
@@ -269,8 +278,9 @@ class NeuralModel:
         self.compile_predict()
         images = _as_images(images)
         out = np.empty((len(images), N_CLASSES), dtype=np.float32)
-        for start in range(0, len(images), chunk):
-            out[start : start + chunk] = self._predict(images[start : start + chunk])
+        with _kernel_cores(self.config):
+            for start in range(0, len(images), chunk):
+                out[start : start + chunk] = self._predict(images[start : start + chunk])
         return out
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> Evaluation:
@@ -446,6 +456,10 @@ class Trainer:
         saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
         the same, then raises TrainingDiverged.
         """
+        with _kernel_cores(self.model.config):
+            yield from self._train(epochs, control, evaluate)
+
+    def _train(self, epochs: int | None, control: TrainingControl | None, evaluate: bool) -> Iterator:
         control = control or TrainingControl()
         self.early_stopped, self.stop_note = False, ""
         if isinstance(self.model, KnnModel):
