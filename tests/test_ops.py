@@ -225,3 +225,26 @@ def test_single_threaded_blas_nests_and_restores():
             assert set(blas_threads()) == {1}
         assert set(blas_threads()) == {1}  # the outer holder still runs
     assert blas_threads() == before
+
+
+def test_matmul_in_parts_equals_matmul_with_correct_gradients(monkeypatch):
+    from mnistgui.core.ops import matmul_in_parts
+
+    monkeypatch.setenv("MNISTGUI_THREADS", "2")
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((37, 20)), rng.standard_normal((20, 9))  # 37 rows: two unequal parts
+    A, B = pt.matrix(dtype="float64"), pt.matrix(dtype="float64")
+    np.testing.assert_allclose(pytensor.function([A, B], matmul_in_parts(A, B), mode=MODE)(a, b), a @ b, rtol=1e-12)
+    verify_grad(lambda p, q: matmul_in_parts(p, q), [a, b], rng=rng, mode=MODE)
+
+
+def test_max_pool_passes_nan_through_from_anywhere_in_a_window():
+    """A diverging run must not lose its NaN in a pooling layer: whole windows and odd border windows."""
+    from mnistgui.core import ops
+
+    x = np.zeros((1, 3, 3, 1))
+    x[0, 1, 1, 0] = np.nan  # the bottom-right of the whole top-left window
+    x[0, 2, 2, 0] = np.nan  # the border window's only element
+    x[0, 0, 2, 0] = 5.0
+    out = ops.max_pool_nhwc(x)[0, :, :, 0]
+    assert np.isnan(out[0, 0]) and np.isnan(out[1, 1]) and out[0, 1] == 5.0 and out[1, 0] == 0.0

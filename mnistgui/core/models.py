@@ -24,7 +24,7 @@ from pytensor.tensor.math import Dot
 from .config import Config
 from .errors import ConfigError
 from .layers import ACTIVATION_FUNCTIONS, RngChain, dense, dropout, init_weights, softmax, zeros_bias
-from .ops import Corr2dValid, conv2d_nhwc, max_pool_2d_nhwc
+from .ops import Corr2dValid, MatMulInParts, conv2d_nhwc, matmul_in_parts, max_pool_2d_nhwc
 
 IMAGE_SIDE = 28
 N_CLASSES = 10
@@ -171,7 +171,9 @@ def convnet(X, p: ParameterSource, c: Config, drop: Dropout):
         h = drop(h, c.conv_dropout)
     suffix = str(len(c.conv_filters) + 1)
     units = c.hidden_sizes[0]
-    h = act(dense(h, p.weight("w" + suffix, (channels * side * side, units)), p.bias("b" + suffix, units)))
+    # The hidden layer's products in parts over the cores, as the convolutions' (see ops.py).
+    h = act(dense(h, p.weight("w" + suffix, (channels * side * side, units)), p.bias("b" + suffix, units),
+                  product=matmul_in_parts))
     layers["hidden"] = h
     h = drop(h, c.hidden_dropout)
     layers["logits"] = dense(h, p.weight("w_o", (units, 10)), p.bias("b_o", 10))
@@ -234,7 +236,7 @@ def forward_flops(config: Config) -> int:
     source = InputParameters(config.use_bias)
     layers = build_layers(X, source, config)
     inputs = [X, *source.variables.values()]
-    products = [node for node in io_toposort(inputs, [layers["logits"]]) if isinstance(node.op, (Dot, Corr2dValid))]
+    products = [node for node in io_toposort(inputs, [layers["logits"]]) if isinstance(node.op, (Dot, MatMulInParts, Corr2dValid))]
     shapes = backend.function(
         inputs,
         [s for node in products for s in (node.inputs[0].shape, node.inputs[1].shape)],

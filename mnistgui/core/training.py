@@ -162,9 +162,11 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
 
 
-def _kernel_cores(config: Config):
-    """The convnet's kernels split each batch over the cores themselves: BLAS keeps to one thread meanwhile."""
-    return single_threaded_blas() if config.model == "convnet" else contextlib.nullcontext()
+def _kernel_cores(model):
+    """Under the C backend the convnet's kernels split each batch over the cores themselves: BLAS keeps
+    to one thread meanwhile (the Numba and JAX kernels do not split)."""
+    uses_parts = model.config.model == "convnet" and getattr(model, "backend", None) == "c"
+    return single_threaded_blas() if uses_parts else contextlib.nullcontext()
 
 
 class NeuralModel:
@@ -278,7 +280,7 @@ class NeuralModel:
         self.compile_predict()
         images = _as_images(images)
         out = np.empty((len(images), N_CLASSES), dtype=np.float32)
-        with _kernel_cores(self.config):
+        with _kernel_cores(self):
             for start in range(0, len(images), chunk):
                 out[start : start + chunk] = self._predict(images[start : start + chunk])
         return out
@@ -456,7 +458,7 @@ class Trainer:
         saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
         the same, then raises TrainingDiverged.
         """
-        with _kernel_cores(self.model.config):
+        with _kernel_cores(self.model):
             yield from self._train(epochs, control, evaluate)
 
     def _train(self, epochs: int | None, control: TrainingControl | None, evaluate: bool) -> Iterator:
