@@ -676,19 +676,8 @@ def max_pool_2d(x):
 @numba.njit(cache=_CACHE, nogil=True)
 def _im2col_nb(x, kh, kw):
     n, h, w, c = x.shape
-    rows, cols = h - kh + 1, w - kw + 1
-    out = np.empty((n * rows * cols, kh * kw * c), dtype=x.dtype)
-    r = 0
-    for i in range(n):
-        for p in range(rows):
-            for q in range(cols):
-                col = 0
-                for a in range(kh):
-                    for b in range(kw):
-                        for ch in range(c):
-                            out[r, col] = x[i, p + a, q + b, ch]
-                            col += 1
-                r += 1
+    out = np.empty((n * (h - kh + 1) * (w - kw + 1), kh * kw * c), dtype=x.dtype)
+    _im2col_into(x, kh, kw, out)
     return out
 
 
@@ -725,22 +714,12 @@ def corr2d_input_grad_nb(g, k, h, w):
     _, c, kh, kw = k.shape
     fm_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
     patches = np.dot(np.ascontiguousarray(g).reshape(n * rows * cols, f), fm_t)
-    dx = np.zeros((n, h, w, c), dtype=patches.dtype)
-    r = 0
-    for i in range(n):
-        for p in range(rows):
-            for q in range(cols):
-                col = 0
-                for a in range(kh):
-                    for b in range(kw):
-                        for ch in range(c):
-                            dx[i, p + a, q + b, ch] += patches[r, col]
-                            col += 1
-                r += 1
+    dx = np.empty((n, h, w, c), dtype=patches.dtype)
+    _col2im_into(patches, kh, kw, dx)
     return dx
 
 
-_NUMBA_KERNEL_VERSION = 2  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
 def _register_numba() -> None:
