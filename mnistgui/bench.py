@@ -23,6 +23,7 @@ import tempfile
 import time
 
 MODELS = ("logreg", "mlp", "dropout_mlp", "convnet", "knn")
+BACKENDS = ("auto", "c", "numba", "jax")
 
 
 def matmul_ceiling(threads: int) -> float:
@@ -178,17 +179,23 @@ def measure_torch(model_name: str, args) -> dict:
 
 def _child(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("framework")
+    parser.add_argument("framework", choices=("pytensor", "torch", "roofline"))
     parser.add_argument("model")
     parser.add_argument("--data")
     parser.add_argument("--train-size", type=int, default=0)
     parser.add_argument("--batches", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     args = parser.parse_args(argv)
-    measure = measure_torch if args.framework == "torch" else measure_pytensor
-    print("RESULT " + json.dumps(measure(args.model, args)), flush=True)
+    if args.framework == "roofline":
+        from . import roofline
+
+        result = roofline.report(matmul_ceiling(args.threads), args.data)
+    else:
+        measure = measure_torch if args.framework == "torch" else measure_pytensor
+        result = measure(args.model, args)
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def _run_child(framework, model, args, compiledir) -> dict:
@@ -213,10 +220,63 @@ def _fmt(value, pattern="{:.2f}"):
     return "-" if value is None else pattern.format(value)
 
 
+def blas_kernels() -> str:
+    """Which BLAS, kernel family and thread count NumPy runs, as threadpoolctl reports it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl is not installed)"
+    found = [f"{info.get('internal_api')} {info.get('version') or ''} {info.get('architecture') or ''} "
+             f"({info.get('num_threads')} threads)".replace("  ", " ")
+             for info in threadpool_info() if info.get("user_api") == "blas"]
+    return ", ".join(found) or "none found"
+
+
+def _row(model: str, ours: dict, theirs: dict, others: dict, ceiling: float) -> dict:
+    flops = ours.get("flops_per_epoch")
+    epoch = ours.get("epoch_s")
+    row = {"model": model, "mnistgui": ours, "torch": theirs, "backends": others,
+           "ceiling_share": flops / epoch / 1e9 / ceiling if flops and epoch else None,
+           "epoch_ratio": epoch / theirs["epoch_s"] if epoch and theirs.get("epoch_s") else None}
+    for name, result in others.items():
+        other_epoch = result.get("epoch_s")
+        row[f"{name}_ratio_to_main"] = other_epoch / epoch if other_epoch and epoch else None
+    return row
+
+
+def _print_table(rows: list[dict], extra_backends: list[str]) -> None:
+    header = ("| model | compile cold / warm (s) | epoch (s) | images/s | inference 10k (s) | peak RSS (MB) "
+              "| GFLOP/epoch | % of ceiling | PyTorch epoch (s) | PyTorch inference (s) | epoch ratio |")
+    header += "".join(f" {name} epoch (s) |" for name in extra_backends)
+    print(header)
+    print("| " + " | ".join(["---"] * (11 + len(extra_backends))) + " |")
+    for row in rows:
+        model, ours, theirs = row["model"], row["mnistgui"], row["torch"]
+        if "error" in ours:
+            print(f"| {model} | failed: {ours['error']} |")
+            continue
+        flops = ours.get("flops_per_epoch")
+        compile_text = "-" if model == "knn" else f"{ours.get('compile_cold_s', 0):.1f} / {ours.get('compile_s', 0):.1f}"
+        line = (f"| {model} | {compile_text} | {_fmt(ours.get('epoch_s'))} | {_fmt(ours.get('images_per_s'), '{:,.0f}')} "
+                f"| {_fmt(ours.get('inference_s'))} | {ours.get('peak_rss_mb', 0):.0f} "
+                f"| {_fmt(flops / 1e9 if flops else None, '{:.0f}')} | {_fmt(row['ceiling_share'], '{:.0%}')} "
+                f"| {_fmt(theirs.get('epoch_s'))} | {_fmt(theirs.get('inference_s'))} | {_fmt(row['epoch_ratio'], '{:.2f}x')} |")
+        for name in extra_backends:
+            other = row["backends"].get(name, {})
+            if "error" in other:
+                line += " failed |"
+            else:
+                ratio = row.get(f"{name}_ratio_to_main")
+                line += f" {_fmt(other.get('epoch_s'))}{'' if ratio is None else f' ({ratio:.2f}x)'} |"
+        print(line)
+
+
 def run(args) -> int:
     from .core.data import load_dataset
 
     load_dataset("mnist", args.data)  # fail once, with the usual message, before any child starts
+    # With --json, stdout carries the one JSON document alone; what a person reads goes to stderr.
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
         import torch  # noqa: F401  (only whether it imports)
 
@@ -224,11 +284,14 @@ def run(args) -> int:
     except ImportError:
         have_torch = False
         if not args.no_torch:
-            print("PyTorch is not installed: measuring mnistgui alone (pip install 'mnistgui[bench]' adds it)")
+            say("PyTorch is not installed: measuring mnistgui alone (pip install 'mnistgui[bench]' adds it)")
+    main_backend, *extra_backends = args.backends or [args.backend]
+    args.backend = main_backend
     ceiling = matmul_ceiling(args.threads)
-    print(f"float32 matrix-product ceiling: {ceiling:.0f} GFLOP/s on {args.threads} threads")
-    print(f"training set: {args.train_size or 60000} images; "
-          f"{'all' if not args.batches else args.batches} batches per timed epoch; median of {args.repeats}")
+    blas = blas_kernels()
+    say(f"float32 matrix-product ceiling: {ceiling:.0f} GFLOP/s on {args.threads} threads; NumPy's BLAS: {blas}")
+    say(f"training set: {args.train_size or 60000} images; "
+        f"{'all' if not args.batches else args.batches} batches per timed epoch; median of {args.repeats}")
     rows = []
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix="mnistgui-bench-") as compiledir:
@@ -236,24 +299,32 @@ def run(args) -> int:
             warm = _run_child("pytensor", model, args, compiledir) if model != "knn" else cold
         ours = dict(warm, compile_cold_s=cold.get("compile_s"))
         theirs = _run_child("torch", model, args, tempfile.gettempdir()) if have_torch else {}
-        rows.append((model, ours, theirs))
-        print(json.dumps({"model": model, "mnistgui": ours, "torch": theirs}), file=sys.stderr)
-    header = ("| model | compile cold / warm (s) | epoch (s) | images/s | inference 10k (s) | peak RSS (MB) "
-              "| GFLOP/epoch | % of ceiling | PyTorch epoch (s) | PyTorch inference (s) | epoch ratio |")
-    print(header)
-    print("| " + " | ".join(["---"] * 11) + " |")
-    for model, ours, theirs in rows:
-        if "error" in ours:
-            print(f"| {model} | failed: {ours['error']} |")
-            continue
-        flops = ours.get("flops_per_epoch")
-        share = flops / ours["epoch_s"] / 1e9 / ceiling * 100 if flops and ours.get("epoch_s") else None
-        ratio = ours["epoch_s"] / theirs["epoch_s"] if ours.get("epoch_s") and theirs.get("epoch_s") else None
-        compile_text = "-" if model == "knn" else f"{ours.get('compile_cold_s', 0):.1f} / {ours.get('compile_s', 0):.1f}"
-        print(f"| {model} | {compile_text} | {_fmt(ours.get('epoch_s'))} | {_fmt(ours.get('images_per_s'), '{:,.0f}')} "
-              f"| {_fmt(ours.get('inference_s'))} | {ours.get('peak_rss_mb', 0):.0f} "
-              f"| {_fmt(flops / 1e9 if flops else None, '{:.0f}')} | {_fmt(share, '{:.0f}%')} "
-              f"| {_fmt(theirs.get('epoch_s'))} | {_fmt(theirs.get('inference_s'))} | {_fmt(ratio, '{:.2f}x')} |")
+        others = {}
+        if model != "knn":
+            for name in extra_backends:
+                with tempfile.TemporaryDirectory(prefix="mnistgui-bench-") as compiledir:
+                    others[name] = _run_child("pytensor", model, argparse.Namespace(**{**vars(args), "backend": name}),
+                                              compiledir)
+        row = _row(model, ours, theirs, others, ceiling)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    roofline = None
+    if args.roofline:
+        with tempfile.TemporaryDirectory(prefix="mnistgui-bench-") as compiledir:
+            roofline = _run_child("roofline", "convnet", args, compiledir)
+    if args.json:
+        print(json.dumps({"ceiling_gflops": ceiling, "blas": blas, "threads": args.threads,
+                          "train_size": args.train_size or 60000, "batches": args.batches, "repeats": args.repeats,
+                          "backends": [main_backend, *extra_backends], "rows": rows, "roofline": roofline}, indent=1))
+        return 0
+    _print_table(rows, extra_backends)
+    if roofline is not None:
+        from . import roofline as roofline_module
+
+        if "error" in roofline:
+            print(f"roofline failed: {roofline['error']}")
+        else:
+            roofline_module.print_report(roofline)
     return 0
 
 
@@ -267,7 +338,13 @@ def add_parser(commands):
     bench.add_argument("--batches", type=int, default=0, help="time only N batches per epoch, and extrapolate")
     bench.add_argument("--repeats", type=int, default=2, help="epochs per measurement; the median is reported")
     bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--backend", default="auto", choices=("auto", "c", "numba"))
+    bench.add_argument("--backend", default="auto", choices=BACKENDS)
+    bench.add_argument("--backends", nargs="+", choices=BACKENDS, metavar="BACKEND",
+                       help="the first as --backend; each other adds a column of its epoch time (e.g. c numba jax)")
+    bench.add_argument("--roofline", action="store_true",
+                       help="also time each convnet kernel against the ceiling and the memory bandwidth")
+    bench.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout instead of the table (progress on stderr)")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.set_defaults(func=run)
     return bench

@@ -123,3 +123,48 @@ def test_jax_missing_is_a_clear_error(monkeypatch):
 
 def test_auto_never_picks_jax():
     assert backend.resolve_backend("auto") in ("c", "numba")
+
+
+def test_threads_folding_shapes_at_once_keep_the_compiler():
+    """PyTensor turns its compiler off (change_flags(cxx="")) while it folds a static shape, and its
+    config is process-wide: without mnistgui's lock, thread B entering while A is inside and leaving
+    after A restores A's "off" for good (seen in CI: every later "c" request then failed)."""
+    import threading
+    import time
+
+    import pytensor
+
+    compiler = pytensor.config.cxx
+    assert compiler and backend.compiler_available()
+    a_inside, b_started = threading.Event(), threading.Event()
+    seen_by_b = []
+
+    def a():
+        with pytensor.config.change_flags(cxx=""):
+            a_inside.set()
+            b_started.wait(5)
+            time.sleep(0.05)  # B, unlocked, would now be inside too
+
+    def b():
+        a_inside.wait(5)
+        b_started.set()
+        with pytensor.config.change_flags(cxx=""):
+            seen_by_b.append(pytensor.config.cxx)
+            time.sleep(0.2)  # ... and leave after A
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen_by_b == [""] and pytensor.config.cxx == compiler
+    assert backend.resolve_backend("c") == "c"
+    # A graph built beside a compilation: the shape folding waits for it, the compiler stays.
+    x = pytensor.tensor.vector("x")
+    built = threading.Thread(target=lambda: pytensor.tensor.alloc(x.sum(), x.shape[0] + 1, 3))
+    with backend.COMPILE_LOCK:
+        built.start()
+        built.join(0.2)
+        assert built.is_alive()  # held back while the lock is taken
+    built.join(10)
+    assert not built.is_alive() and pytensor.config.cxx == compiler

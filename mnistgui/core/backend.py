@@ -71,8 +71,13 @@ def jax_available() -> bool:
     return True
 
 
+# Read once, at import, before any thread can be inside one of PyTensor's moments without a
+# compiler (see _hold_compile_lock_while_the_compiler_is_off); the GUI thread asks too, and may not wait.
+_COMPILER = pytensor.config.cxx
+
+
 def compiler_available() -> bool:
-    return bool(pytensor.config.cxx) and not getattr(sys, "frozen", False)
+    return bool(_COMPILER) and not getattr(sys, "frozen", False)
 
 
 def resolve_backend(name: str) -> str:
@@ -218,6 +223,52 @@ def function(*args, **kwargs):
     """`pytensor.function`, one thread at a time."""
     with COMPILE_LOCK:
         return pytensor.function(*args, **kwargs)
+
+
+def _hold_compile_lock_while_the_compiler_is_off() -> None:
+    """Make PyTensor's moments without a C compiler exclusive to one thread.
+
+    PyTensor folds a static shape (an allocation, a random draw: any thread building a graph) under
+    `config.change_flags(cxx="")`, and its config is process-wide. Two threads doing so at once can
+    restore each other's "" for good: every later "c" request then fails ("needs a C++ compiler")
+    and "auto" quietly means Numba; a thread compiling meanwhile finds no compiler. Seen in the test
+    suite, with the lab's model service and a training worker building graphs together. Blocks that
+    change `cxx` therefore hold COMPILE_LOCK (reentrant: PyTensor folds shapes inside compilations too).
+    """
+    try:
+        from pytensor.configparser import _ChangeFlagsDecorator
+    except ImportError:  # PyTensor reorganised: the test of this behaviour says whether it still holds
+        return
+    if getattr(_ChangeFlagsDecorator, "_mnistgui_locked", False):
+        return
+    enter, exit_ = _ChangeFlagsDecorator.__enter__, _ChangeFlagsDecorator.__exit__
+
+    def __enter__(self):
+        if "cxx" not in getattr(self, "confs", ()):
+            return enter(self)
+        COMPILE_LOCK.acquire()
+        self._mnistgui_holds_lock = True
+        try:
+            return enter(self)
+        except BaseException:
+            if self._mnistgui_holds_lock:  # PyTensor's enter may have called __exit__ already
+                self._mnistgui_holds_lock = False
+                COMPILE_LOCK.release()
+            raise
+
+    def __exit__(self, *args):
+        try:
+            return exit_(self, *args)
+        finally:
+            if getattr(self, "_mnistgui_holds_lock", False):
+                self._mnistgui_holds_lock = False
+                COMPILE_LOCK.release()
+
+    _ChangeFlagsDecorator.__enter__, _ChangeFlagsDecorator.__exit__ = __enter__, __exit__
+    _ChangeFlagsDecorator._mnistgui_locked = True
+
+
+_hold_compile_lock_while_the_compiler_is_off()
 
 
 def compile_mode(backend: str) -> Mode:

@@ -1,0 +1,156 @@
+"""`mnistgui bench --roofline`: where each convnet layer stands against the machine's limits.
+
+Each kernel of a training step (the convolutions' three products, the pooling and its gradient, the
+dense products) runs alone on a batch, as the C backend runs it in training (parts on the kernel
+threads, BLAS on one thread), and is set against two measured limits: the float32 matrix-product
+ceiling and the memory bandwidth. Bytes are the compulsory traffic, each array read or written once;
+a kernel's roofline is min(ceiling, intensity x bandwidth), and "% of roof" says how near it gets.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT = 4  # bytes of a float32
+
+
+def memory_bandwidth() -> float:
+    """GB/s of copying 256 MB between two arrays in parts on the kernel threads (read + write counted)."""
+    from .core import ops
+
+    source = np.ones(64 * 2**20, dtype=np.float32)
+    target = np.empty_like(source)
+
+    def part(start, stop):
+        np.copyto(target[start:stop], source[start:stop])
+
+    ops._kernel_threads.run(part, len(source), blas=False)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        ops._kernel_threads.run(part, len(source), blas=False)
+        best = min(best, time.perf_counter() - start)
+    return 2 * source.nbytes / best / 1e9
+
+
+def _seconds(call, repeats: int = 7) -> float:
+    call()
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Kernel:
+    layer: str
+    kernel: str
+    seconds: float
+    flops: float
+    bytes: float
+
+    def row(self, ceiling_gflops: float, bandwidth_gbs: float) -> dict:
+        intensity = self.flops / self.bytes if self.bytes else 0.0
+        roof = min(ceiling_gflops, intensity * bandwidth_gbs) if self.flops else None
+        gflops = self.flops / self.seconds / 1e9
+        return {"layer": self.layer, "kernel": self.kernel, "ms": self.seconds * 1e3, "gflop": self.flops / 1e9,
+                "mb": self.bytes / 1e6, "flop_per_byte": intensity, "gflops": gflops,
+                "gbs": self.bytes / self.seconds / 1e9, "roof_gflops": roof,
+                "of_roof": gflops / roof if roof else None}
+
+
+def convnet_kernels(config, batch: int | None = None) -> list[Kernel]:
+    """Time every kernel of one training step of `config`'s convnet (channels-last, as in training)."""
+    from .core import ops
+
+    batch = batch or config.batch_size
+    rng = np.random.default_rng(0)
+    kernels: list[Kernel] = []
+    side, channels = 28, 1
+    with ops.single_threaded_blas():
+        for index, filters in enumerate(config.conv_filters, start=1):
+            name = f"conv{index}"
+            if index == 1:  # 'full': the input padded by 2 on each side
+                side += 4
+            x = rng.standard_normal((batch, side, side, channels), dtype=np.float32)
+            k = rng.standard_normal((filters, channels, 3, 3), dtype=np.float32) * 0.1
+            rows = side - 2
+            g = rng.standard_normal((batch, rows, rows, filters), dtype=np.float32)
+            flops = 2.0 * batch * rows * rows * filters * channels * 9
+            x_bytes, g_bytes, k_bytes = x.nbytes, g.nbytes, k.nbytes
+            kernels.append(Kernel(name, "forward", _seconds(lambda: ops.corr2d_nhwc(x, k)), flops,
+                                  x_bytes + k_bytes + g_bytes))
+            kernels.append(Kernel(name, "weight gradient", _seconds(lambda: ops.corr2d_weights_nhwc(x, g)), flops,
+                                  x_bytes + g_bytes + k_bytes))
+            if index > 1:  # the first layer's input is the image: no gradient is taken for it
+                kernels.append(Kernel(name, "input gradient",
+                                      _seconds(lambda: ops.corr2d_input_grad_nhwc(g, k, side, side)), flops,
+                                      g_bytes + k_bytes + x_bytes))
+            pooled = (rows + 1) // 2
+            out_bytes = batch * pooled * pooled * filters * FLOAT
+            kernels.append(Kernel(f"pool{index}", "forward", _seconds(lambda: ops.max_pool_nhwc(g)), 0.0,
+                                  g_bytes + out_bytes))
+            gz = rng.standard_normal((batch, pooled, pooled, filters), dtype=np.float32)
+            kernels.append(Kernel(f"pool{index}", "gradient", _seconds(lambda: ops.max_pool_grad_nhwc(g, gz)), 0.0,
+                                  2 * g_bytes + out_bytes))
+            side, channels = pooled, filters
+        units = config.hidden_sizes[0]
+        for name, n_in, n_out in (("hidden", side * side * channels, units), ("output", units, 10)):
+            a = rng.standard_normal((batch, n_in), dtype=np.float32)
+            w = rng.standard_normal((n_in, n_out), dtype=np.float32)
+            g = rng.standard_normal((batch, n_out), dtype=np.float32)
+            flops = 2.0 * batch * n_in * n_out
+            traffic = FLOAT * (batch * n_in + n_in * n_out + batch * n_out)
+            product = ops.matmul_in_parts_numpy if name == "hidden" else np.dot
+            kernels.append(Kernel(name, "forward", _seconds(lambda: product(a, w)), flops, traffic))
+            kernels.append(Kernel(name, "weight gradient", _seconds(lambda: product(a.T, g)), flops, traffic))
+            kernels.append(Kernel(name, "input gradient", _seconds(lambda: product(g, w.T)), flops, traffic))
+    return kernels
+
+
+def step_seconds(config, data_dir: str | None, batches: int = 40) -> float:
+    """Median seconds of a real training step of `config` (C backend), over `batches` batches."""
+    from .core.data import load_dataset
+    from .core.training import EpochResult, Trainer, create_model
+
+    dataset = load_dataset("mnist", data_dir).subset(batches * config.batch_size, 0)
+    trainer = Trainer(create_model(config), dataset)
+    trainer.compile()
+    seconds = [item.seconds for _ in range(3) for item in trainer.train(1, evaluate=False)
+               if isinstance(item, EpochResult)]
+    return statistics.median(seconds) / trainer.n_batches
+
+
+def report(ceiling_gflops: float, data_dir: str | None, backend: str = "c") -> dict:
+    from .core.config import Config
+
+    config = Config.for_model("convnet", backend=backend)
+    bandwidth = memory_bandwidth()
+    rows = [kernel.row(ceiling_gflops, bandwidth) for kernel in convnet_kernels(config)]
+    step = step_seconds(config, data_dir)
+    return {"ceiling_gflops": ceiling_gflops, "bandwidth_gbs": bandwidth, "batch": config.batch_size,
+            "kernels": rows, "kernels_ms": sum(r["ms"] for r in rows), "step_ms": step * 1e3}
+
+
+def print_report(result: dict) -> None:
+    print(f"\nRoofline of a convnet training step (batch {result['batch']}): ceiling "
+          f"{result['ceiling_gflops']:.0f} GFLOP/s, memory bandwidth {result['bandwidth_gbs']:.1f} GB/s "
+          f"(machine balance {result['ceiling_gflops'] / result['bandwidth_gbs']:.1f} FLOP/byte)")
+    print("| layer | kernel | ms | GFLOP | MB moved | FLOP/byte | GFLOP/s | GB/s | roof GFLOP/s | % of roof |")
+    print("| " + " | ".join(["---"] * 10) + " |")
+    for r in result["kernels"]:
+        roof = "-" if r["roof_gflops"] is None else f"{r['roof_gflops']:.0f}"
+        share = "-" if r["of_roof"] is None else f"{r['of_roof']:.0%}"
+        print(f"| {r['layer']} | {r['kernel']} | {r['ms']:.2f} | {r['gflop']:.3f} | {r['mb']:.1f} "
+              f"| {r['flop_per_byte']:.1f} | {r['gflops']:.0f} | {r['gbs']:.1f} | {roof} | {share} |")
+    rest = result["step_ms"] - result["kernels_ms"]
+    print(f"These kernels: {result['kernels_ms']:.1f} ms of a measured {result['step_ms']:.1f} ms training step; "
+          f"the other {rest:.1f} ms are the elementwise Ops (activations, biases, dropout, softmax), the "
+          f"optimizer's updates and PyTensor's per-Op overhead.")

@@ -1,0 +1,72 @@
+"""`mnistgui bench`: its JSON for scripts, its extra backend columns and the convnet roofline's counts.
+
+Timings are never asserted here (they are the benchmark's output, not a test's); what is asserted
+is the shape of the report and every figure that follows from counting: FLOPs, bytes, ratios.
+"""
+
+import json
+
+import pytest
+
+from mnistgui import roofline
+from mnistgui.core.config import Config
+from mnistgui.core.models import forward_flops
+
+from .test_cli import run
+
+
+def test_bench_json_with_a_second_backend():
+    result = run("bench", "--models", "logreg", "knn", "--train-size", "640", "--batches", "2", "--repeats", "1",
+                 "--no-torch", "--backends", "c", "numba", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout holds the document alone
+    assert report["backends"] == ["c", "numba"] and report["train_size"] == 640 and report["ceiling_gflops"] > 0
+    assert "blas" in report["blas"].lower() or "openblas" in report["blas"].lower()
+    logreg, knn = report["rows"]
+    ours = logreg["mnistgui"]
+    assert logreg["model"] == "logreg" and ours["backend"] == "c" and ours["epoch_s"] > 0
+    assert ours["compile_cold_s"] > 0 and ours["compile_s"] > 0
+    assert ours["flops_per_epoch"] == 3 * 2 * 784 * 10 * 640
+    assert logreg["ceiling_share"] == pytest.approx(
+        ours["flops_per_epoch"] / ours["epoch_s"] / 1e9 / report["ceiling_gflops"])
+    numba = logreg["backends"]["numba"]
+    assert numba["backend"] == "numba" and numba["epoch_s"] > 0
+    assert logreg["numba_ratio_to_main"] == pytest.approx(numba["epoch_s"] / ours["epoch_s"])
+    assert logreg["torch"] == {} and logreg["epoch_ratio"] is None
+    assert knn["model"] == "knn" and knn["mnistgui"]["inference_s"] > 0 and knn["backends"] == {}
+    assert report["roofline"] is None
+    assert "ceiling" in result.stderr  # what a person reads went to stderr
+
+
+def test_bench_table_names_the_extra_backend_column():
+    result = run("bench", "--models", "logreg", "--train-size", "256", "--batches", "1", "--repeats", "1",
+                 "--no-torch", "--backends", "c", "numba")
+    assert result.returncode == 0, result.stderr
+    header, rule, row = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert header.endswith("| numba epoch (s) |") and rule.count("---") == 12
+    assert row.startswith("| logreg |") and row.count("|") == header.count("|")
+
+
+def test_roofline_counts_follow_the_model():
+    config = Config.for_model("convnet", conv_filters=(4, 8, 8), hidden_sizes=(16,))
+    batch = 16
+    kernels = roofline.convnet_kernels(config, batch=batch)
+    names = [(k.layer, k.kernel) for k in kernels]
+    assert names[:5] == [("conv1", "forward"), ("conv1", "weight gradient"), ("pool1", "forward"),
+                         ("pool1", "gradient"), ("conv2", "forward")]
+    assert ("conv1", "input gradient") not in names and ("conv2", "input gradient") in names
+    # The forward kernels' FLOPs are the model's forward pass, counted from its graph.
+    forward = sum(k.flops for k in kernels if k.kernel == "forward")
+    assert forward == forward_flops(config) * batch
+    conv2 = kernels[names.index(("conv2", "forward"))]
+    assert conv2.flops == 2 * batch * 13 * 13 * 8 * 4 * 9  # 15x15x4 pooled maps -> 13x13x8
+    assert conv2.bytes == 4 * (batch * 15 * 15 * 4 + 8 * 4 * 9 + batch * 13 * 13 * 8)
+    pool3 = kernels[names.index(("pool3", "forward"))]
+    assert pool3.flops == 0 and pool3.bytes == 4 * batch * 8 * (5 * 5 + 3 * 3)
+    assert all(k.seconds > 0 for k in kernels)
+    row = conv2.row(ceiling_gflops=100.0, bandwidth_gbs=10.0)
+    assert row["flop_per_byte"] == pytest.approx(conv2.flops / conv2.bytes)
+    assert row["roof_gflops"] == pytest.approx(min(100.0, 10.0 * conv2.flops / conv2.bytes))
+    assert row["of_roof"] == pytest.approx(conv2.flops / conv2.seconds / 1e9 / row["roof_gflops"])
+    assert pool3.row(100.0, 10.0)["roof_gflops"] is None
+
