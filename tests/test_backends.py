@@ -153,18 +153,65 @@ def test_threads_folding_shapes_at_once_keep_the_compiler():
             time.sleep(0.2)  # ... and leave after A
 
     threads = [threading.Thread(target=a), threading.Thread(target=b)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert seen_by_b == [""] and pytensor.config.cxx == compiler
-    assert backend.resolve_backend("c") == "c"
-    # A graph built beside a compilation: the shape folding waits for it, the compiler stays.
-    x = pytensor.tensor.vector("x")
-    built = threading.Thread(target=lambda: pytensor.tensor.alloc(x.sum(), x.shape[0] + 1, 3))
-    with backend.COMPILE_LOCK:
-        built.start()
-        built.join(0.2)
-        assert built.is_alive()  # held back while the lock is taken
-    built.join(10)
-    assert not built.is_alive() and pytensor.config.cxx == compiler
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)  # a compilation another test left running holds the lock meanwhile
+        assert not any(thread.is_alive() for thread in threads)
+        assert seen_by_b == [""] and pytensor.config.cxx == compiler
+        # A graph built beside a compilation: its shape folding waits for it, and the compiler stays.
+        x = pytensor.tensor.vector("x")
+        built = threading.Thread(target=lambda: pytensor.tensor.alloc(x.sum(), x.shape[0] + 1, 3))
+        with backend.COMPILE_LOCK:
+            built.start()
+            built.join(0.2)
+            assert built.is_alive()  # held back while the lock is taken
+        built.join(60)
+        assert not built.is_alive() and pytensor.config.cxx == compiler
+    finally:
+        pytensor.config.cxx = compiler  # a failure here must not take the compiler from later tests
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_compiles_can_build_graphs():
+    """The forking thread's child must not inherit a compile lock held by a thread it does not have."""
+    import os
+    import threading
+    import time
+
+    import pytensor
+
+    holding, release = threading.Event(), threading.Event()
+
+    def compiling():
+        with backend.COMPILE_LOCK, pytensor.config.change_flags(cxx=""):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=compiling)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: build a graph with a folded shape, and check the compiler is back
+            try:
+                x = pytensor.tensor.vector("x")
+                pytensor.tensor.alloc(x.sum(), x.shape[0] + 1, 3)
+                os._exit(0 if pytensor.config.cxx else 3)
+            except BaseException:
+                os._exit(4)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the compile lock")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        thread.join(30)

@@ -62,10 +62,10 @@ def _window(qtbot, tmp_path, data_dir=MNIST_DIR):
     window = MainWindow(settings=settings, data_dir=str(data_dir))
     window.ask = lambda title, text: True
     qtbot.addWidget(window)
-    window.show()
     # A new window's first layout and paint (40-110 ms offscreen) belongs to showing it, not to what
     # a test then measures.
-    qtbot.waitExposed(window)
+    with qtbot.waitExposed(window):
+        window.show()
     for _ in range(5):
         QtCore.QCoreApplication.processEvents()
     return window

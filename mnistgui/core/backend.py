@@ -243,16 +243,18 @@ def _hold_compile_lock_while_the_compiler_is_off() -> None:
         return
     enter, exit_ = _ChangeFlagsDecorator.__enter__, _ChangeFlagsDecorator.__exit__
 
+    # A count a block object: one decorator object may be entered again, inside, by the same thread.
     def __enter__(self):
         if "cxx" not in getattr(self, "confs", ()):
             return enter(self)
         COMPILE_LOCK.acquire()
-        self._mnistgui_holds_lock = True
+        held = getattr(self, "_mnistgui_held", 0)
+        self._mnistgui_held = held + 1
         try:
             return enter(self)
         except BaseException:
-            if self._mnistgui_holds_lock:  # PyTensor's enter may have called __exit__ already
-                self._mnistgui_holds_lock = False
+            if self._mnistgui_held > held:  # PyTensor's enter may have called __exit__ already
+                self._mnistgui_held -= 1
                 COMPILE_LOCK.release()
             raise
 
@@ -260,15 +262,26 @@ def _hold_compile_lock_while_the_compiler_is_off() -> None:
         try:
             return exit_(self, *args)
         finally:
-            if getattr(self, "_mnistgui_holds_lock", False):
-                self._mnistgui_holds_lock = False
+            if getattr(self, "_mnistgui_held", 0) > 0:
+                self._mnistgui_held -= 1
                 COMPILE_LOCK.release()
 
     _ChangeFlagsDecorator.__enter__, _ChangeFlagsDecorator.__exit__ = __enter__, __exit__
     _ChangeFlagsDecorator._mnistgui_locked = True
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: a lock another thread held is held for ever there,
+    and that thread's moment without a compiler never ends. Start the child with neither."""
+    global COMPILE_LOCK
+    COMPILE_LOCK = threading.RLock()
+    if _COMPILER and not pytensor.config.cxx:
+        pytensor.config.cxx = _COMPILER
+
+
 _hold_compile_lock_while_the_compiler_is_off()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def compile_mode(backend: str) -> Mode:
