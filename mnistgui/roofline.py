@@ -195,8 +195,5 @@ def print_report(result: dict) -> None:
     total = sum(by_op.values()) or 1.0
     for name, ms in by_op.items():
         if ms >= 0.05:
-            print(f"| {name} | {ms:.2f} | {ms / total:.0%} | {_fmt_ms(alone.get(name))} |")
-
-
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+            alone_ms = "-" if name not in alone else f"{alone[name]:.2f}"
+            print(f"| {name} | {ms:.2f} | {ms / total:.0%} | {alone_ms} |")
