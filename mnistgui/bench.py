@@ -24,6 +24,7 @@ import time
 
 MODELS = ("logreg", "mlp", "dropout_mlp", "convnet", "knn")
 BACKENDS = ("auto", "c", "numba", "jax")
+TORCH_DEVICES = ("cpu", "cuda")
 
 
 def matmul_ceiling(threads: int) -> float:
@@ -79,6 +80,10 @@ def measure_pytensor(model_name: str, args) -> dict:
     trainer = Trainer(model, dataset)
     full_batches = trainer.n_batches
     out = {"framework": "pytensor", "model": model_name, "backend": getattr(model, "backend", "numpy")}
+    if out["backend"] == "jax":
+        import jax
+
+        out["device"] = jax.default_backend()  # "cpu", or "gpu" with a CUDA jax
     if isinstance(model, KnnModel):
         model.fit(trainer.train_images, trainer.train_labels)
         start = time.perf_counter()
@@ -115,18 +120,27 @@ def measure_torch(model_name: str, args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.torch_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA device")
+
+    def finish():  # a GPU runs asynchronously: a time means something only once its queue is empty
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     dataset = load_dataset("mnist", args.data).subset(args.train_size, 0)
     config = Config.for_model(model_name)
-    x_train = torch.from_numpy(to_float(dataset.train_images))
-    y_train = torch.from_numpy(dataset.train_labels.astype(np.int64))
-    x_test = torch.from_numpy(to_float(dataset.test_images))
-    out = {"framework": "torch", "model": model_name, "backend": f"torch {torch.__version__}"}
+    x_train = torch.from_numpy(to_float(dataset.train_images)).to(device)
+    y_train = torch.from_numpy(dataset.train_labels.astype(np.int64)).to(device)
+    x_test = torch.from_numpy(to_float(dataset.test_images)).to(device)
+    out = {"framework": "torch", "model": model_name, "backend": f"torch {torch.__version__}", "device": device.type}
     if model_name == "knn":
         start = time.perf_counter()
         with torch.no_grad():
             train = x_train.double()
             for chunk in torch.split(x_test.double(), 500):
                 torch.cdist(chunk, train).argmin(dim=1)
+        finish()
         out["inference_s"] = time.perf_counter() - start
         out["peak_rss_mb"] = _peak_rss_mb()
         return out
@@ -156,6 +170,7 @@ def measure_torch(model_name: str, args) -> dict:
             conv(32, 64, 0), nn.ReLU(), nn.MaxPool2d(**pool), nn.Dropout(0.2),
             conv(64, 128, 0), nn.ReLU(), nn.MaxPool2d(**pool), nn.Flatten(), nn.Dropout(0.2),
             linear(128 * 3 * 3, 625), nn.ReLU(), nn.Dropout(0.5), linear(625, 10))
+    net.to(device)
     if config.optimizer == "rmsprop":
         optimizer = torch.optim.RMSprop(net.parameters(), lr=config.learning_rate, alpha=config.rho, eps=config.epsilon)
     else:
@@ -173,6 +188,7 @@ def measure_torch(model_name: str, args) -> dict:
             loss = loss_fn(net(x_train[b * size : (b + 1) * size]), y_train[b * size : (b + 1) * size])
             loss.backward()
             optimizer.step()
+        finish()
         return (time.perf_counter() - start) * n_batches / measured
 
     seconds = [epoch() for _ in range(args.repeats)]
@@ -181,6 +197,7 @@ def measure_torch(model_name: str, args) -> dict:
     with torch.no_grad():
         for chunk in torch.split(x_test, 1000):
             net(chunk)
+    finish()
     out["inference_s"] = time.perf_counter() - start
     out["epoch_s"] = statistics.median(seconds)
     out["images_per_s"] = len(x_train) / out["epoch_s"]
@@ -199,6 +216,7 @@ def _child(argv):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--torch-device", default="cpu", choices=TORCH_DEVICES)
     args = parser.parse_args(argv)
     if args.framework == "roofline":
         from . import roofline
@@ -217,7 +235,7 @@ def _run_child(framework, model, args, compiledir) -> dict:
     env["PYTENSOR_FLAGS"] = ",".join(filter(None, [env.get("PYTENSOR_FLAGS"), f"compiledir={compiledir}"]))
     command = [sys.executable, "-m", "mnistgui.bench", framework, model, "--train-size", str(args.train_size),
                "--batches", str(args.batches), "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--backend", args.backend]
+               "--backend", args.backend, "--torch-device", args.torch_device]
     if args.data:
         command += ["--data", args.data]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -257,10 +275,19 @@ def _row(model: str, ours: dict, theirs: dict, others: dict, ceiling: float) -> 
     return row
 
 
+def _devices(results) -> str:
+    """' (gpu)' where a measurement ran off the CPU, for a column's header."""
+    found = sorted({r.get("device") for r in results if r.get("device") not in (None, "cpu")})
+    return f" ({', '.join(found)})" if found else ""
+
+
 def _print_table(rows: list[dict], extra_backends: list[str]) -> None:
-    header = ("| model | compile cold / warm (s) | epoch (s) | images/s | inference 10k (s) | peak RSS (MB) "
-              "| GFLOP/epoch | % of ceiling | PyTorch epoch (s) | PyTorch inference (s) | epoch ratio |")
-    header += "".join(f" {name} epoch (s) |" for name in extra_backends)
+    ours = _devices(row["mnistgui"] for row in rows)
+    torch = "PyTorch" + _devices(row["torch"] for row in rows)
+    header = (f"| model | compile cold / warm (s) | epoch{ours} (s) | images/s | inference 10k (s) | peak RSS (MB) "
+              f"| GFLOP/epoch | % of ceiling | {torch} epoch (s) | {torch} inference (s) | epoch ratio |")
+    header += "".join(f" {name}{_devices(row['backends'].get(name, {}) for row in rows)} epoch (s) |"
+                      for name in extra_backends)
     print(header)
     print("| " + " | ".join(["---"] * (11 + len(extra_backends))) + " |")
     for row in rows:
@@ -369,6 +396,9 @@ def add_parser(commands):
     bench.add_argument("--json", action="store_true",
                        help="print one JSON document on stdout instead of the table (progress on stderr)")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    bench.add_argument("--torch-device", default="cpu", choices=TORCH_DEVICES,
+                       help="where PyTorch runs: its CPU (the default, the comparison the targets use) or "
+                            "cuda, beside a GPU jax")
     bench.set_defaults(func=run)
     return bench
 

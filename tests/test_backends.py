@@ -13,9 +13,11 @@ from mnistgui.core.errors import ConfigError
 from mnistgui.core.training import EpochResult, Trainer, create_model
 
 TRAINED = [m for m in MODELS if m != "knn"]
-# Small but complete: every layer kind of each model, two batches of 64.
+# Small but complete: every layer kind of each model, two batches of 64. The convnet starts from He's
+# initialisation: from the notebook's std 0.01 these few filters moved 5e-7 in two batches, far inside
+# the comparison's tolerance, and every prediction was a tie (a GPU broke them differently).
 SMALL = dict(train_size=128, test_size=64, batch_size=64, epochs=1)
-SMALL_CONVNET = dict(conv_filters=(4, 6, 8), hidden_sizes=(16,))
+SMALL_CONVNET = dict(conv_filters=(4, 6, 8), hidden_sizes=(16,), init="he")
 
 
 def _config(name: str, backend_name: str, **changes) -> Config:
@@ -27,23 +29,37 @@ NO_DROPOUT = dict(input_dropout=0.0, hidden_dropout=0.0, conv_dropout=0.0)
 
 
 def _train(config: Config, mnist):
-    trainer = Trainer(create_model(config), mnist.subset(config.train_size, config.test_size))
+    model = create_model(config)
+    initial = {name: np.array(value, copy=True) for name, value in model.weights().items()}
+    trainer = Trainer(model, mnist.subset(config.train_size, config.test_size))
     (result,) = [r for r in trainer.train() if isinstance(r, EpochResult)]
+    trainer.initial_weights = initial
     return trainer, result
 
 
 def _assert_same_training(a, b, rtol=2e-4, atol=2e-5):
     (trainer_a, result_a), (trainer_b, result_b) = a, b
     assert result_b.cost == pytest.approx(result_a.cost, rel=rtol)
-    assert result_b.test_error == result_a.test_error
     weights_a, weights_b = trainer_a.model.weights(), trainer_b.model.weights()
     assert list(weights_a) == list(weights_b)
     for name in weights_a:
         assert isinstance(weights_b[name], np.ndarray) and weights_b[name].dtype == np.float32
         np.testing.assert_allclose(weights_b[name], weights_a[name], rtol=rtol, atol=atol, err_msg=name)
+        # The training itself, apart from the shared start: each update the same to 0.1% of its size.
+        update_a = weights_a[name] - trainer_a.initial_weights[name]
+        update_b = weights_b[name] - trainer_b.initial_weights[name]
+        size = np.abs(update_a).max()
+        assert size > 1e-3 * np.abs(weights_a[name]).max(), f"{name} moved {size:.1e}: too little to compare"
+        np.testing.assert_allclose(update_b, update_a, rtol=0, atol=1e-3 * size, err_msg=f"update of {name}")
     images = trainer_a.test_images
-    np.testing.assert_allclose(trainer_b.model.predict_proba(images), trainer_a.model.predict_proba(images),
-                               rtol=rtol, atol=atol)
+    probs_a, probs_b = trainer_a.model.predict_proba(images), trainer_b.model.predict_proba(images)
+    np.testing.assert_allclose(probs_b, probs_a, rtol=rtol, atol=atol)
+    # The same decisions wherever the reference decides clearly; a near-tie may go either way.
+    top_two = np.sort(probs_a, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 1e-4
+    assert clear.mean() > 0.75
+    np.testing.assert_array_equal(probs_b[clear].argmax(axis=1), probs_a[clear].argmax(axis=1))
+    assert abs(result_b.test_error - result_a.test_error) * len(images) <= np.count_nonzero(~clear)
 
 
 # --- Numba ------------------------------------------------------------------------------------------

@@ -92,3 +92,30 @@ def test_roofline_report_profiles_a_real_step(capsys):
     roofline.print_report(result)
     printed = capsys.readouterr().out
     assert "| conv2 | input gradient |" in printed and "| Corr2dValid |" in printed
+
+
+def test_bench_torch_on_cuda_without_a_gpu_is_a_named_failure():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this PyTorch has a GPU")
+    result = run("bench", "--models", "logreg", "--train-size", "256", "--batches", "1", "--repeats", "1",
+                 "--torch-device", "cuda", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["failed"] == ["logreg (torch)"]
+    assert "no CUDA device" in report["rows"][0]["torch"]["error"]
+    assert report["rows"][0]["mnistgui"]["epoch_s"] > 0  # the rest still measured
+
+
+def test_bench_table_headers_name_a_device_other_than_the_cpu(capsys):
+    from mnistgui.bench import _print_table
+
+    ours = {"epoch_s": 2.0, "compile_s": 1.0, "compile_cold_s": 5.0, "flops_per_epoch": None}
+    rows = [{"model": "convnet", "mnistgui": ours, "torch": {"epoch_s": 1.0, "device": "cuda"},
+             "backends": {"jax": {"epoch_s": 0.5, "device": "gpu"}, "numba": {"epoch_s": 3.0, "device": None}},
+             "ceiling_share": None, "epoch_ratio": 2.0, "jax_ratio_to_main": 0.25, "numba_ratio_to_main": 1.5}]
+    _print_table(rows, ["jax", "numba"])
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert "| epoch (s) |" in header and "| PyTorch (cuda) epoch (s) | PyTorch (cuda) inference (s) |" in header
+    assert header.endswith("| jax (gpu) epoch (s) | numba epoch (s) |")
+    assert row.endswith("| 2.00x | 0.50 (0.25x) | 3.00 (1.50x) |")

@@ -18,7 +18,6 @@ from ..core import data as data_module
 from ..core.backend import BACKEND_TITLES, resolve_backend
 from ..core.config import Config
 from ..core.errors import ConfigError, MnistguiError
-from ..core.memory import release_free_memory
 from ..core.presets import preset
 from ..core.workspace import EpochAdded, PredictionsReady, Run, Workspace
 from .background_compile import BackgroundCompiler
@@ -248,10 +247,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _thread_finished(self) -> None:
         self.tasks.discard(self.sender())
-        # What the thread built (a model's graphs, a data set's copies) is garbage now: collect it here,
-        # on the GUI thread, and hand the freed pages back to the OS.
-        gui_collector().collect_all()
-        release_free_memory()
+        # What the thread built (a model's graphs, a data set's copies) is garbage now: collected on the
+        # GUI thread, its pages handed back to the OS, in a timer event of its own.
+        gui_collector().collect_soon()
         if self._closing and not any(t.isRunning() for t in self.tasks):
             QtCore.QTimer.singleShot(0, self.close)
 
