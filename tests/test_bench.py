@@ -26,7 +26,7 @@ def test_bench_json_with_a_second_backend():
     logreg, knn = report["rows"]
     ours = logreg["mnistgui"]
     assert logreg["model"] == "logreg" and ours["backend"] == "c" and ours["epoch_s"] > 0
-    assert ours["compile_cold_s"] > 0 and ours["compile_s"] > 0
+    assert ours["compile_cold_s"] > 0 and ours["compile_s"] > 0 and ours["predict_compile_s"] > 0
     assert ours["flops_per_epoch"] == 3 * 2 * 784 * 10 * 640
     assert logreg["ceiling_share"] == pytest.approx(
         ours["flops_per_epoch"] / ours["epoch_s"] / 1e9 / report["ceiling_gflops"])
