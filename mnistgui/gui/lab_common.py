@@ -13,12 +13,13 @@ import itertools
 import queue
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PyQt5 import QtCore, QtWidgets
+from PyQt5 import QtCore, QtWidgets, sip
 
 from ..core.errors import MnistguiError
 from ..core.saliency import normalised
@@ -93,13 +94,42 @@ class _Inbox:
         self.wake.put(None)
 
 
-class _Relay(QtCore.QObject):
-    """Made in the service's thread and only ever touched there: what that thread says reaches the
-    service through it, queued to the GUI thread. Qt drops the connections when the service goes, so the
-    thread can never emit on a deleted object, and the relay dies in the thread that made it."""
+_CALL = QtCore.QEvent.Type(QtCore.QEvent.registerEventType())
 
-    model_changed = QtCore.pyqtSignal(str)
-    answered = QtCore.pyqtSignal(str, int, bool, object)  # channel, request number, succeeded, value
+
+class _Call(QtCore.QEvent):
+    def __init__(self, function: Callable[[], None]):
+        super().__init__(_CALL)
+        self.function = function
+
+
+class _GuiCalls(QtCore.QObject):
+    """Runs, in the GUI thread, the functions the service's thread posts to it.
+
+    The service's thread owns no Qt object and connects no signal: it only posts events to this one,
+    made once in the GUI thread and kept for the process. It had its own relay object, connected to the
+    service; when a window went, the GUI thread, destroying the service, held the connections' locks and
+    waited for the GIL (PyQt's disconnectNotify), while the service's thread, ending, held the GIL and
+    waited for those locks to destroy its relay: a deadlock (seen in CI). Posting an event takes only
+    the GUI thread's event-queue lock, which Qt never holds while it calls into Python.
+    """
+
+    def event(self, event) -> bool:
+        if event.type() == _CALL:
+            event.function()
+            return True
+        return super().event(event)
+
+
+_gui_calls: _GuiCalls | None = None
+
+
+def _gui_calls_target() -> _GuiCalls:
+    """The process's `_GuiCalls` (made on first use, in the GUI thread)."""
+    global _gui_calls
+    if _gui_calls is None:
+        _gui_calls = _GuiCalls()
+    return _gui_calls
 
 
 class ModelService(QtCore.QObject):
@@ -123,16 +153,13 @@ class ModelService(QtCore.QObject):
         self._latest: dict[str, tuple[int, Callable, Callable | None]] = {}
         self._inbox = _Inbox()
         self.destroyed.connect(self._inbox.close)  # also when the window goes without closing first
-        attached = threading.Event()
-        self._thread = threading.Thread(target=_serve, args=(self._inbox, self._attach, attached),
+        # The thread reaches this object through a weak reference alone: it must not keep it alive.
+        self._thread = threading.Thread(target=_serve, args=(self._inbox, weakref.ref(self), _gui_calls_target()),
                                         name="lab-model-service", daemon=True)
         self._thread.start()
-        attached.wait()  # the relay is connected: no answer can be lost (a few milliseconds, once)
 
-    def _attach(self, relay: _Relay) -> None:
-        """Called once, in the service's thread, to connect its relay to this object's slots."""
-        relay.model_changed.connect(self.model_changed)
-        relay.answered.connect(self._deliver)
+    def _say(self, text: str) -> None:
+        self.model_changed.emit(text)
 
     # --- GUI thread -----------------------------------------------------------------------------
 
@@ -187,13 +214,16 @@ class ModelService(QtCore.QObject):
 # --- the service's thread ----------------------------------------------------------------------------
 
 
-def _serve(inbox: _Inbox, attach: Callable[[_Relay], None], attached: threading.Event) -> None:
-    relay = _Relay()
-    try:
-        attach(relay)
-    finally:
-        attached.set()
-    del attach  # a bound method of the service: the thread must not keep the service alive
+def _serve(inbox: _Inbox, service: weakref.ref, gui_calls: _GuiCalls) -> None:
+    def tell(method: str, *args) -> None:
+        """`service.method(*args)` in the GUI thread, if the service is still there then."""
+        def call():
+            target = service()
+            if target is not None and not sip.isdeleted(target):
+                getattr(target, method)(*args)
+
+        QtCore.QCoreApplication.postEvent(gui_calls, _Call(call))
+
     lab: LabModel | None = None
     while inbox.wake.get() is not None:
         while True:
@@ -207,18 +237,18 @@ def _serve(inbox: _Inbox, attach: Callable[[_Relay], None], attached: threading.
                     raise NoModel(spec)
                 if lab is None or lab.spec.identity != spec.identity:
                     lab = None  # the old model goes before the new one is built
-                    relay.model_changed.emit(f"Preparing run {spec.key} (epoch {spec.epochs})…")
+                    tell("_say", f"Preparing run {spec.key} (epoch {spec.epochs})…")
                     try:
                         lab = LabModel(spec)
                     finally:
-                        relay.model_changed.emit("")
+                        tell("_say", "")
                 value = function(lab)
             except Exception as exc:  # every failure reaches the view as a message
                 if not isinstance(exc, (NoModel, MnistguiError)):  # a bug, not a user's situation
                     traceback.print_exc()
-                relay.answered.emit(channel, number, False, str(exc) if isinstance(exc, NoModel) else describe(exc))
+                tell("_deliver", channel, number, False, str(exc) if isinstance(exc, NoModel) else describe(exc))
             else:
-                relay.answered.emit(channel, number, True, value)
+                tell("_deliver", channel, number, True, value)
             del function  # a view's closure: not kept past its answer
 
 
