@@ -157,8 +157,11 @@ def test_switching_data_sets(qtbot, tmp_path):
     runs = []
     with GapMeter() as meter:  # noqa: F821
         for name in ("fashion", "mnist", "fashion"):
+            # A user's actions are events of their own: the event loop turns between them.
             window.config_panel.set_config(Config.for_model("logreg", train_size=600, test_size=200, epochs=1))
+            QtCore.QCoreApplication.processEvents()
             dataset_box.setCurrentIndex(dataset_box.findData(name))  # as a user switches: loads in the background
+            QtCore.QCoreApplication.processEvents()
             with qtbot.waitSignal(window.state_changed, timeout=60_000, check_params_cb=_finished):
                 window.start_training()
             runs.append(window.current)

@@ -194,7 +194,7 @@ def test_a_worker_end_collects_apart_and_never_after_the_last_window(qtbot):
     from PyQt5 import QtCore
 
     from mnistgui.gui.app import make_application
-    from mnistgui.gui.collector import gui_collector
+    from mnistgui.gui.collector import SOON_MS, gui_collector
 
     make_application()
     full_passes = []
@@ -212,11 +212,13 @@ def test_a_worker_end_collects_apart_and_never_after_the_last_window(qtbot):
         collector.collect_soon()
         assert full_passes == []  # not inside the caller
         QtCore.QCoreApplication.processEvents()
-        qtbot.wait(20)
+        assert full_passes == []  # not in the same turn of the event loop either
+        qtbot.waitUntil(lambda: len(full_passes) > 0, timeout=5_000)
+        qtbot.wait(2 * SOON_MS)
         assert len(full_passes) == 1  # two requests, one pass
         collector.collect_soon()
         release()  # the last window goes before the timer fires
-        qtbot.wait(20)
+        qtbot.wait(2 * SOON_MS)
         assert len(full_passes) == 1 and not collector.active and gc.isenabled()
     finally:
         gc.callbacks.remove(record)

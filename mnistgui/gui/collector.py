@@ -10,7 +10,7 @@ the same): young generations whenever their thresholds are passed, the full heap
 finished (`collect_soon`) and otherwise, while no worker runs, at most every FULL_PASS_INTERVAL
 seconds. Each pass holds the GIL, so workers wait for it, never the other way round.
 
-A worker's end asks for its pass with `collect_soon`, which runs it as a timer event of its own: run
+A worker's end asks for its pass with `collect_soon`, which runs it a moment later, alone: run
 inside the slot that saw the worker end, it came on top of that slot's repaints and of whatever the user
 did next in the same turn of the event loop (measured: 6-15 ms of a 77-80 ms stall).
 
@@ -34,6 +34,9 @@ from PyQt5 import QtCore
 from ..core.memory import release_free_memory
 
 CHECK_INTERVAL_MS = 200
+# After a worker's end: past the state changes and repaints it brings (a 0 ms timer still fired in the
+# same turn of the event loop as the repaint, and the two made one 75 ms stall on Python 3.13).
+SOON_MS = 100
 FULL_PASS_INTERVAL = 30.0
 
 
@@ -59,7 +62,7 @@ class GuiThreadCollector(QtCore.QObject):
         self._threshold = gc.get_threshold()
         self._last_full = time.monotonic()
         self._timer = QtCore.QTimer(self, interval=CHECK_INTERVAL_MS, timeout=self._check)
-        self._soon = QtCore.QTimer(self, interval=0, singleShot=True, timeout=self._pass_and_trim)
+        self._soon = QtCore.QTimer(self, interval=SOON_MS, singleShot=True, timeout=self._pass_and_trim)
 
     def acquire(self) -> Callable[[], None]:
         """A window opens: collect what earlier ones left (here, on the GUI thread), then take over.
@@ -110,13 +113,15 @@ class GuiThreadCollector(QtCore.QObject):
         self._last_full = time.monotonic()
 
     def collect_soon(self) -> None:
-        """A full pass, then the freed pages back to the OS, as the event loop's next timer event
-        (requests before it runs make one pass)."""
-        self._soon.start()
+        """A full pass, then the freed pages back to the OS, SOON_MS from the first request (requests
+        before it runs make one pass)."""
+        if not self._soon.isActive():
+            self._soon.start()
 
     def _pass_and_trim(self) -> None:
         # Only while a window holds the heap frozen: after the last one, a full pass would walk the whole
         # unfrozen heap (352 ms late in the one-process test suite), and automatic collection is back.
+        # The trim goes with it: with no window left, freed pages stay with the process.
         if self.active:
             self.collect_all()
             release_free_memory()

@@ -111,7 +111,9 @@ class _GuiCalls(QtCore.QObject):
     service; when a window went, the GUI thread, destroying the service, held the connections' locks and
     waited for the GIL (PyQt's disconnectNotify), while the service's thread, ending, held the GIL and
     waited for those locks to destroy its relay: a deadlock (seen in CI). Posting an event takes only
-    the GUI thread's event-queue lock, which Qt never holds while it calls into Python.
+    the GUI thread's event-queue lock, which Qt holds while it calls into Python only as the application
+    itself is destroyed (deleting the events left in the queue); by then every window has closed its
+    service, and a closed service's thread posts nothing.
     """
 
     def event(self, event) -> bool:
@@ -217,6 +219,9 @@ class ModelService(QtCore.QObject):
 def _serve(inbox: _Inbox, service: weakref.ref, gui_calls: _GuiCalls) -> None:
     def tell(method: str, *args) -> None:
         """`service.method(*args)` in the GUI thread, if the service is still there then."""
+        if inbox.closed:  # nobody waits for it
+            return
+
         def call():
             target = service()
             if target is not None and not sip.isdeleted(target):
