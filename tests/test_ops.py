@@ -193,6 +193,28 @@ def test_kernels_in_parts_equal_one_part(monkeypatch, threads):
         np.testing.assert_array_equal(parted[3].transpose(0, 3, 1, 2), _reference_pool(pooled_in.transpose(0, 3, 1, 2)))
 
 
+def test_numba_kernels_in_blocks_equal_the_c_kernels():
+    """The nopython kernels cut a batch into the C kernels' blocks (and run a first layer as direct
+    loops): float32 results equal the C kernels' in float64, for one block, many blocks and a last
+    block that is short."""
+    from mnistgui.core import ops
+
+    rng = np.random.default_rng(11)
+    # (images, side, channels, filters): a direct first layer; blocks of 18 images over 37 images
+    # (a short last block); one block for all
+    for n, side, channels, filters in ((40, 12, 1, 8), (37, 14, 32, 16), (3, 9, 5, 6)):
+        x = rng.standard_normal((n, side, side, channels))
+        k = rng.standard_normal((filters, channels, 3, 3))
+        g = rng.standard_normal((n, side - 2, side - 2, filters))
+        expected = (ops.corr2d_nhwc(x, k), ops.corr2d_weights_nhwc(x, g), ops.corr2d_input_grad_nhwc(g, k, side, side))
+        x32, k32, g32 = (a.astype(np.float32) for a in (x, k, g))
+        got = (ops.corr2d_nb(x32, k32), ops.corr2d_weights_nb(x32, g32), ops.corr2d_input_grad_nb(g32, k32, side, side))
+        for value, reference in zip(got, expected):
+            assert value.dtype == np.float32 and value.shape == reference.shape
+            np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+    assert ops._block_images(12 * 12 * 9 * 32) == 18  # the second case really runs in blocks
+
+
 def test_pool_gradient_in_whole_and_border_windows_goes_to_first_maximum():
     """Every tie pattern of a whole 2x2 window (the vectorised path) and of the odd border windows."""
     from mnistgui.core import ops

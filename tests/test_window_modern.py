@@ -8,6 +8,7 @@ import pytest
 
 from mnistgui.core.config import Config
 from mnistgui.core.notebook import notebook_test_errors
+from mnistgui.gui.plots import NOTEBOOK_LABEL
 
 
 def _train(qtbot, window, config):
@@ -60,5 +61,9 @@ def test_validation_curve_best_epoch_per_class_curves_and_the_notebook_overlay(q
     x, y = plot.notebook_curve.getData()
     assert len(x) == 100 and np.allclose(y, np.array(notebook_test_errors("mlp")) * 100)
     assert plot.notebook_curve.isVisible()
+    assert plot.error_legend.getLabel(plot.notebook_curve).text == NOTEBOOK_LABEL
     window.training_view.notebook_box.setChecked(False)
     assert not plot.notebook_curve.isVisible()
+    assert plot.error_legend.getLabel(plot.notebook_curve) is None  # no entry left for a hidden curve
+    window.training_view.notebook_box.setChecked(True)
+    assert len([label for _, label in plot.error_legend.items if label.text == NOTEBOOK_LABEL]) == 1

@@ -674,26 +674,38 @@ def max_pool_2d(x):
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _im2col_nb(x, kh, kw):
-    n, h, w, c = x.shape
-    out = np.empty((n * (h - kh + 1) * (w - kw + 1), kh * kw * c), dtype=x.dtype)
-    _im2col_into(x, kh, kw, out)
-    return out
-
-
-@numba.njit(cache=_CACHE, nogil=True)
 def _filters_as_matrix_nb(k):
     f, c, kh, kw = k.shape
     return np.ascontiguousarray(k.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
 
 
 @numba.njit(cache=_CACHE, nogil=True)
+def _block_images_nb(patch_values_per_image):
+    return max(1, _BLOCK_VALUES // max(1, patch_values_per_image))
+
+
+# The same blocks as the C backend's kernels, on one thread: a block's patches stay in cache between
+# im2col and its product, and a first layer of a few values a patch runs as direct loops.
+@numba.njit(cache=_CACHE, nogil=True)
 def corr2d_nb(x, k):
     """`corr2d_nhwc` in nopython mode; x and k of one float dtype."""
-    n, h, w, _ = x.shape
+    n, h, w, c = x.shape
     f, _, kh, kw = k.shape
     rows, cols = h - kh + 1, w - kw + 1
-    return np.dot(_im2col_nb(x, kh, kw), _filters_as_matrix_nb(k)).reshape(n, rows, cols, f)
+    weights = _filters_as_matrix_nb(k)
+    out = np.empty((n, rows, cols, f), dtype=x.dtype)
+    if kh * kw * c <= _DIRECT_PATCH:
+        _corr_direct_into(x, weights, kh, kw, out)
+        return out
+    flat = out.reshape(n * rows * cols, f)
+    block = _block_images_nb(rows * cols * kh * kw * c)
+    patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
+    for first in range(0, n, block):
+        last = min(first + block, n)
+        m = (last - first) * rows * cols
+        _im2col_into(x[first:last], kh, kw, patches[:m])
+        np.dot(patches[:m], weights, flat[first * rows * cols : first * rows * cols + m])
+    return out
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -702,24 +714,43 @@ def corr2d_weights_nb(x, g):
     n, h, w, c = x.shape
     _, rows, cols, f = g.shape
     kh, kw = h - rows + 1, w - cols + 1
-    g_t = np.ascontiguousarray(np.ascontiguousarray(g).reshape(n * rows * cols, f).T)
-    dk = np.dot(g_t, _im2col_nb(x, kh, kw))  # (F, kh * kw * C)
+    g = np.ascontiguousarray(g)
+    if kh * kw * c <= _DIRECT_PATCH:
+        dk = np.ascontiguousarray(_corr_weights_direct(x, g, kh, kw).T)
+    else:
+        g_flat = g.reshape(n * rows * cols, f)
+        block = _block_images_nb(rows * cols * kh * kw * c)
+        patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
+        dk = np.zeros((f, kh * kw * c), dtype=x.dtype)
+        product = np.empty_like(dk)
+        for first in range(0, n, block):
+            last = min(first + block, n)
+            m = (last - first) * rows * cols
+            _im2col_into(x[first:last], kh, kw, patches[:m])
+            np.dot(np.ascontiguousarray(g_flat[first * rows * cols : first * rows * cols + m].T), patches[:m], product)
+            dk += product
     return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
 
 
 @numba.njit(cache=_CACHE, nogil=True)
 def corr2d_input_grad_nb(g, k, h, w):
-    """`corr2d_input_grad_nhwc` in nopython mode: one matrix product, then col2im."""
+    """`corr2d_input_grad_nhwc` in nopython mode: a block's patch gradients by one product, then col2im."""
     n, rows, cols, f = g.shape
     _, c, kh, kw = k.shape
-    fm_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
-    patches = np.dot(np.ascontiguousarray(g).reshape(n * rows * cols, f), fm_t)
-    dx = np.empty((n, h, w, c), dtype=patches.dtype)
-    _col2im_into(patches, kh, kw, dx)
+    weights_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
+    g_flat = np.ascontiguousarray(g).reshape(n * rows * cols, f)
+    dx = np.empty((n, h, w, c), dtype=g.dtype)
+    block = _block_images_nb(rows * cols * kh * kw * c)
+    patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=g.dtype)
+    for first in range(0, n, block):
+        last = min(first + block, n)
+        m = (last - first) * rows * cols
+        np.dot(g_flat[first * rows * cols : first * rows * cols + m], weights_t, patches[:m])
+        _col2im_into(patches[:m], kh, kw, dx[first:last])
     return dx
 
 
-_NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 4  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
 def _register_numba() -> None:

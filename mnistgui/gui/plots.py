@@ -13,6 +13,7 @@ from PyQt5 import QtCore
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22"]
+NOTEBOOK_LABEL = "notebook, test"
 
 
 class TrainingPlot(pg.GraphicsLayoutWidget):
@@ -43,8 +44,10 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         self.ci.layout.setRowStretchFactor(2, 2)
         self.curves: dict[int, dict[str, pg.PlotDataItem]] = {}
         # The notebook ran 100 epochs: its curve must not stretch the axes of a 10-epoch run.
-        self.notebook_curve = pg.PlotDataItem([], [], pen=pg.mkPen((140, 140, 140), width=2, style=QtCore.Qt.DashDotLine),
-                                              name="notebook, test")
+        # Unnamed, so the plot leaves it out of the legend: `show_notebook` adds it there only while it is
+        # shown (a legend keeps an entry for a hidden item, drawn as an odd crossed-out sample).
+        self.notebook_curve = pg.PlotDataItem([], [], pen=pg.mkPen((140, 140, 140), width=2, style=QtCore.Qt.DashDotLine))
+        self.notebook_curve.setVisible(False)
         self.error_plot.addItem(self.notebook_curve, ignoreBounds=True)
         self.notebook_model: str | None = None
 
@@ -100,6 +103,11 @@ class TrainingPlot(pg.GraphicsLayoutWidget):
         self.notebook_model = model if errors else None
         self.notebook_curve.setData(np.arange(1, len(errors) + 1, dtype=float), np.array(errors, dtype=float) * 100)
         self.notebook_curve.setVisible(bool(errors))
+        in_legend = self.error_legend.getLabel(self.notebook_curve) is not None
+        if errors and not in_legend:
+            self.error_legend.addItem(self.notebook_curve, NOTEBOOK_LABEL)
+        elif not errors and in_legend:
+            self.error_legend.removeItem(self.notebook_curve)
 
     def set_run_visible(self, key: int, visible: bool) -> None:
         for curve in self.curves.get(key, {}).values():
