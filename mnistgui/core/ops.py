@@ -56,7 +56,8 @@ _BLOCK = 16  # the fewest images a part is given
 _BLOCK_VALUES = 3 * 2**20 // 4  # about 3 MB of float32 patches a block
 
 
-def _block_images(patch_values_per_image: int) -> int:
+@numba.njit(cache=_CACHE)  # jitted, so that the nopython kernels below cut the same blocks
+def _block_images(patch_values_per_image):
     return max(1, _BLOCK_VALUES // max(1, patch_values_per_image))
 
 
@@ -679,11 +680,6 @@ def _filters_as_matrix_nb(k):
     return np.ascontiguousarray(k.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
-def _block_images_nb(patch_values_per_image):
-    return max(1, _BLOCK_VALUES // max(1, patch_values_per_image))
-
-
 # The same blocks as the C backend's kernels, on one thread: a block's patches stay in cache between
 # im2col and its product, and a first layer of a few values a patch runs as direct loops.
 @numba.njit(cache=_CACHE, nogil=True)
@@ -698,7 +694,7 @@ def corr2d_nb(x, k):
         _corr_direct_into(x, weights, kh, kw, out)
         return out
     flat = out.reshape(n * rows * cols, f)
-    block = _block_images_nb(rows * cols * kh * kw * c)
+    block = _block_images(rows * cols * kh * kw * c)
     patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
     for first in range(0, n, block):
         last = min(first + block, n)
@@ -719,7 +715,7 @@ def corr2d_weights_nb(x, g):
         dk = np.ascontiguousarray(_corr_weights_direct(x, g, kh, kw).T)
     else:
         g_flat = g.reshape(n * rows * cols, f)
-        block = _block_images_nb(rows * cols * kh * kw * c)
+        block = _block_images(rows * cols * kh * kw * c)
         patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
         dk = np.zeros((f, kh * kw * c), dtype=x.dtype)
         product = np.empty_like(dk)
@@ -740,7 +736,7 @@ def corr2d_input_grad_nb(g, k, h, w):
     weights_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
     g_flat = np.ascontiguousarray(g).reshape(n * rows * cols, f)
     dx = np.empty((n, h, w, c), dtype=g.dtype)
-    block = _block_images_nb(rows * cols * kh * kw * c)
+    block = _block_images(rows * cols * kh * kw * c)
     patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=g.dtype)
     for first in range(0, n, block):
         last = min(first + block, n)
