@@ -11,7 +11,9 @@ reference machine, one MNIST epoch (see the README for the command):
     numba (PyTensor's default)       0.08 s   0.93 s  minutes
     CVM with PyTensor's BLAS rewrites 0.13 s  3.5 s
 
-So "auto" means "c" where a C++ compiler exists, else "numba", which needs none. A frozen app
+So "auto" means "c" where a C++ compiler exists, else "numba", which needs none. The "c" mode links
+with `parallel_build.ParallelBuildVMLinker`: a cold compile builds the graph's C modules on every core
+at once, and shapes and views run in Python without a module of their own. A frozen app
 (PyInstaller) always takes "numba": compiling C there would need Python's headers, which it lacks.
 Under Numba every Op of ours runs natively (ops.register_backend, and the dropout draw below): no
 object-mode round trips through the interpreter.
@@ -33,7 +35,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
-from . import ops
+from . import ops, parallel_build
 from .config import BACKENDS
 from .errors import ConfigError
 
@@ -296,4 +298,7 @@ def compile_mode(backend: str) -> Mode:
         return _jax_mode()
     # symbolic_op_recognition would turn our fused softmax back into PyTensor's Softmax, an OpFromGraph
     # whose inner function compiles with the default (Numba) mode: slower, and native memory per model.
-    return pytensor.compile.mode.get_mode("CVM").excluding("BlasOpt", "symbolic_op_recognition")
+    # The CVM linker, building a graph's missing C modules on every core at once (parallel_build).
+    cvm = pytensor.compile.mode.get_mode("CVM")
+    mode = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True), optimizer=cvm.provided_optimizer)
+    return mode.excluding("BlasOpt", "symbolic_op_recognition")
