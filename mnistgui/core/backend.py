@@ -35,7 +35,12 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
-from . import ops, parallel_build
+from . import ops
+
+try:
+    from . import parallel_build
+except ImportError:  # a PyTensor whose C-linker internals moved: its own serial linker, as before
+    parallel_build = None
 from .config import BACKENDS
 from .errors import ConfigError
 
@@ -298,7 +303,12 @@ def compile_mode(backend: str) -> Mode:
         return _jax_mode()
     # symbolic_op_recognition would turn our fused softmax back into PyTensor's Softmax, an OpFromGraph
     # whose inner function compiles with the default (Numba) mode: slower, and native memory per model.
-    # The CVM linker, building a graph's missing C modules on every core at once (parallel_build).
+    # The CVM linker, building a graph's missing C modules on every core at once (parallel_build). C
+    # thunks said outright: left unset, the linker reads config.cxx now, outside the compile lock, where
+    # another thread may be folding a shape without a compiler, and would then link all in Python.
     cvm = pytensor.compile.mode.get_mode("CVM")
-    mode = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True), optimizer=cvm.provided_optimizer)
+    if parallel_build is None:
+        return cvm.excluding("BlasOpt", "symbolic_op_recognition")
+    mode = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True, c_thunks=True),
+                optimizer=cvm.provided_optimizer)
     return mode.excluding("BlasOpt", "symbolic_op_recognition")

@@ -16,7 +16,8 @@ convnet built 44 of them, 30 of its 35 seconds, on one core of two.
   already built instead (same name, same source, same arguments; else it compiles as before), copies
   it into the folder PyTensor chose and imports it from there. The cache ends as after a serial
   compile, module for module. A failure in the head start (an Op whose code cannot be generated, a
-  `g++` error) only means PyTensor compiles that module itself, and reports any error its own way.
+  `g++` error, a folder that cannot be made or copied) only means PyTensor compiles that module itself,
+  and reports any error its own way. At exit, Python waits for the builds a compile left queued.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.subtensor import Subtensor
 
+from .ops import kernel_threads
+
 _original_compile_str = GCC_compiler.compile_str
 _built: dict[tuple, Future] = {}  # build key -> future of the folder holding the built module
 _built_lock = threading.Lock()
@@ -45,7 +48,9 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def build_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    """g++ runs at once: the kernels' thread count (MNISTGUI_THREADS, else OMP_NUM_THREADS, else the
+    usable cores, at most 8: a container's CPU quota is not in its affinity mask)."""
+    return kernel_threads()
 
 
 def _build_key(module_name, src_code, include_dirs, lib_dirs, libs, preargs) -> tuple:
@@ -67,11 +72,14 @@ def _compile_str(module_name, src_code, location=None, include_dirs=None, lib_di
             folder = None
         if folder is not None:
             filename = f"{module_name}.{get_lib_extension()}"
-            shutil.copyfile(os.path.join(folder, filename), os.path.join(location, filename))
-            shutil.copyfile(os.path.join(folder, "mod.cpp"), os.path.join(location, "mod.cpp"))
-            with open(os.path.join(location, "__init__.py"), "w"):
+            try:
+                shutil.copyfile(os.path.join(folder, filename), os.path.join(location, filename))
+                shutil.copyfile(os.path.join(folder, "mod.cpp"), os.path.join(location, "mod.cpp"))
+                with open(os.path.join(location, "__init__.py"), "w"):
+                    pass
+                return dlimport(os.path.join(location, filename))
+            except (OSError, ImportError):  # a full disk, a folder gone: compile it where PyTensor asked
                 pass
-            return dlimport(os.path.join(location, filename))
     return _original_compile_str(module_name, src_code, location=location, include_dirs=include_dirs,
                                  lib_dirs=lib_dirs, libs=libs, preargs=preargs, py_module=py_module,
                                  hide_symbols=hide_symbols)
@@ -88,7 +96,8 @@ BUILD_NICENESS = 10
 
 def _lower_priority() -> None:
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILD_NICENESS)  # Linux: this thread
+        thread = threading.get_native_id()  # Linux: PRIO_PROCESS with a thread's id sets that thread's
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), BUILD_NICENESS))
     except (AttributeError, OSError):  # no per-thread priority here: the builds compete evenly
         pass
 
@@ -141,11 +150,20 @@ def start_builds(nodes) -> list[tuple]:
         if found is None:
             continue
         key = _build_key(*found)
-        if key in seen:
+        with _built_lock:
+            building = key in _built  # by another link (one not holding mnistgui's compile lock)
+        if key in seen or building:
             continue
         seen.add(key)
-        folder = tempfile.mkdtemp(prefix="mnistgui-build-")
-        future = _executor().submit(_build, folder, *found)
+        try:
+            folder = tempfile.mkdtemp(prefix="mnistgui-build-")
+        except OSError:  # no temporary folder: PyTensor compiles the rest itself
+            break
+        try:
+            future = _executor().submit(_build, folder, *found)
+        except RuntimeError:  # the interpreter is shutting down
+            shutil.rmtree(folder, ignore_errors=True)
+            break
         with _built_lock:
             _built[key] = future
         started.append((key, folder, future))
@@ -203,9 +221,11 @@ class ParallelBuildVMLinker(VMLinker):
     def make_all(self, *args, **kwargs):
         order = self.schedule(self.fgraph)
         python_nodes = {node for node in order if isinstance(node.op, PYTHON_OPS)}
-        started = start_builds(node for node in order if node not in python_nodes) if self.c_thunks else []
+        started = []
         outer, _linking.python_nodes = getattr(_linking, "python_nodes", ()), python_nodes
         try:
+            if self.c_thunks:
+                started = start_builds(node for node in order if node not in python_nodes)
             return super().make_all(*args, **kwargs)
         finally:
             _linking.python_nodes = outer
