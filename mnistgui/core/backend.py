@@ -301,8 +301,9 @@ def compile_mode(backend: str) -> Mode:
         ops.register_backend("jax")
         _register_jax_random()
         return _jax_mode()
-    # symbolic_op_recognition would turn our fused softmax back into PyTensor's Softmax, an OpFromGraph
-    # whose inner function compiles with the default (Numba) mode: slower, and native memory per model.
+    # symbolic_op_recognition turns patterns of primitives into PyTensor's own Softmax and friends,
+    # OpFromGraphs whose inner functions compile with the default (Numba) mode: slower, and native memory
+    # per model. mnistgui's head is its own Ops (softmax_ops) and left alone; the rewrite stays out.
     # The CVM linker, building a graph's missing C modules on every core at once (parallel_build). C
     # thunks said outright: left unset, the linker reads config.cxx now, outside the compile lock, where
     # another thread may be folding a shape without a compiler, and would then link all in Python.

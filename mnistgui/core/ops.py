@@ -939,8 +939,12 @@ def register_backend(name: str) -> None:
     """Teach PyTensor's `name` linker ("numba" or "jax") to run these Ops natively; idempotent."""
     if name in _registered:
         return
+    from . import softmax_ops
+
     if name == "numba":
         _register_numba()
+        softmax_ops.register_numba()
     elif name == "jax":
         _register_jax()
+        softmax_ops.register_jax()
     _registered.add(name)
