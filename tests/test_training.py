@@ -181,3 +181,44 @@ def test_convnet_learns_on_a_few_thousand_images(mnist):
     _, results = _train(config, mnist)
     assert results[0].cost > results[1].cost
     assert results[1].test_error < 0.2  # chance is 0.9
+
+
+_KERNEL_WARMUP_CHILD = r"""
+import sys
+from mnistgui.core import ops
+from mnistgui.core.config import Config
+from mnistgui.core.data import load_dataset
+from mnistgui.core.training import Trainer, create_model
+
+kernels = [ops._block_images, ops._im2col_into, ops._col2im_into, ops._corr_direct_into,
+           ops._corr_weights_direct, ops._max_pool_kernel, ops._max_pool_grad_kernel]
+thread = ops.start_kernel_compilation()
+assert thread.name == "mnistgui-numba-kernels" and ops.start_kernel_compilation() is thread
+thread.join()
+warmed = {k.py_func.__name__: sorted(map(str, k.signatures)) for k in kernels}
+assert all(warmed.values()), warmed
+dataset = load_dataset("mnist", sys.argv[1]).subset(300, 100)
+config = Config.for_model("convnet", backend="c", train_size=300, test_size=100, epochs=1)
+trainer = Trainer(create_model(config), dataset)
+result = list(trainer.train())[-1]
+trained = {k.py_func.__name__: sorted(map(str, k.signatures)) for k in kernels}
+assert trained == warmed, (warmed, trained)
+print("same kernels", result.test_error)
+"""
+
+
+def test_convnet_kernels_compiled_ahead_are_the_ones_training_calls(tmp_path):
+    """The c backend compiles the convnet's Numba kernels on a thread while its C modules build. The
+    warm-up must compile the very specializations (dtype, layout) a training step calls, else the step
+    compiles its own afterwards and the head start bought nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import MNIST_DIR
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))  # compiled here, not read from a cache
+    child = subprocess.run([sys.executable, "-c", _KERNEL_WARMUP_CHILD, str(MNIST_DIR)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "same kernels" in child.stdout

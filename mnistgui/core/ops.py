@@ -408,6 +408,52 @@ def max_pool_numpy(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
+
+def _compile_kernels(dtype) -> None:
+    """Run every kernel the c backend's Ops call once, on a few zeros of `dtype`, in the layouts a
+    training step passes them (C-contiguous, first-axis slices): Numba compiles each then, and the
+    step finds them ready. Batches of 2 run on the calling thread, BLAS untouched."""
+    one, two = np.zeros((2, 4, 4, 1), dtype), np.zeros((2, 4, 4, 2), dtype)  # direct loops; im2col
+    g = np.zeros((2, 2, 2, 2), dtype)
+    for x in (one, two):
+        corr2d_nhwc(x, np.zeros((2, x.shape[3], 3, 3), dtype))
+        corr2d_weights_nhwc(x, g)
+    corr2d_input_grad_nhwc(g, np.zeros((2, 2, 3, 3), dtype), 4, 4)
+    max_pool_grad_nhwc(two, g)
+    max_pool_nhwc(two)
+
+
+_kernel_compilation: dict[str, threading.Thread] = {}
+_kernel_compilation_lock = threading.Lock()
+
+
+def start_kernel_compilation(dtype="float32") -> threading.Thread:
+    """Compile the convolution and pooling kernels on a thread of their own, once a process.
+
+    From an empty Numba cache that is 2.5-3.7 s of one core, and a cold compile of the convnet otherwise
+    pays it after its C modules are built, with the second core idle. Started before the graph is
+    linked, it runs beside the rewrites and the g++ runs (Numba's compiler lock makes any kernel called
+    meanwhile wait for it, not compile it twice). From a warm cache it loads them in a fraction of a
+    second. Not a daemon: an interpreter leaving mid-compile waits for it rather than cut it off."""
+    with _kernel_compilation_lock:
+        thread = _kernel_compilation.get(dtype)
+        if thread is None:
+            thread = threading.Thread(target=_compile_kernels, args=(np.dtype(dtype),),
+                                      name="mnistgui-numba-kernels")
+            _kernel_compilation[dtype] = thread
+            thread.start()
+        return thread
+
+
+def _forget_kernel_compilation_in_child() -> None:
+    global _kernel_compilation_lock
+    _kernel_compilation_lock = threading.Lock()
+    _kernel_compilation.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kernel_compilation_in_child)
+
 # --- Ops, channels-last -------------------------------------------------------------------------------
 
 
