@@ -215,24 +215,25 @@ def test_the_accuracy_curve_fooled_gallery_and_export(qtbot, window, model_files
     attack = window.attack_view
     window.tabs.setCurrentWidget(attack)
     attack.eps_edit.setText("0, 0.05, 0.1, 0.25")
-    # The whole test set, the most work the lab offers: 60-80 ms since the classifier head is one Op (it
-    # took over 100 ms on 1,000 images before). That the work runs off the GUI thread is asserted below:
-    # compute_curve() returns with the curve still running.
-    attack.images_spin.setValue(10_000)
+    # PGD's 20 steps an image: work enough (most of a second) for the event loop's gaps to mean something.
+    # FGSM on 1,000 images takes under 100 ms since the classifier head is one Op.
+    attack.method_box.setCurrentIndex(attack.method_box.findData("pgd"))
+    attack.images_spin.setValue(1000)
     qtbot.waitUntil(lambda: attack.live is not None and attack.saliency.explanation is not None, timeout=60_000)
     qtbot.wait(100)  # the live view is drawn: what follows is the curve's alone
     with GapMeter() as meter:  # noqa: F821 (defined by exec above)
         with qtbot.waitSignal(attack.curve_finished, timeout=120_000) as blocker:
             assert attack.compute_curve()
+            assert attack.worker.isRunning()  # the curve runs in its worker's thread
             assert not attack.compute_button.isEnabled() and attack.cancel_button.isEnabled()
     report = blocker.args[0]
     print(f"accuracy-vs-eps curve: worst event-loop gap {meter.worst * 1000:.0f} ms over {meter.ticks} ticks")
-    assert meter.ticks >= 3 and meter.worst <= MAX_GAP
+    assert meter.ticks > 10 and meter.worst <= MAX_GAP
     accuracy = [r.accuracy for r in report.results]
     assert [r.eps for r in report.results] == [0, 0.05, 0.1, 0.25] and not report.cancelled
     assert accuracy[0] > 0.8 and accuracy[0] == pytest.approx(report.results[0].clean_accuracy)
     assert all(b <= a + 0.01 for a, b in zip(accuracy, accuracy[1:]))  # decreasing
-    assert accuracy[-1] < 0.10  # FGSM at eps 0.25 takes logistic regression below 10%
+    assert accuracy[-1] < 0.10  # PGD (as FGSM) at eps 0.25 takes logistic regression below 10%
     qtbot.waitUntil(lambda: attack.worker is None, timeout=10_000)
     assert attack.compute_button.isEnabled() and "at eps 0.25" in attack.curve_status.text()
     (item,) = attack.curve_items.values()

@@ -137,7 +137,9 @@ def _window_script_report(script: str, tmp_path, **environment) -> dict:
 
 
 def test_starting_a_convnet_with_a_cold_compile_cache(tmp_path):
-    report = _window_script_report(COLD_COMPILE, tmp_path)
+    """As on a fresh install: empty PyTensor and Numba caches, so the Numba kernels compile on their own
+    thread beside the C modules, all in the window's process."""
+    report = _window_script_report(COLD_COMPILE, tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     assert (tmp_path / "compiledir").is_dir()
     print(f"cold convnet compile of {report['compile'][0]:.1f} s: worst event-loop gap "
           f"{report['worst'] * 1000:.0f} ms over {report['ticks']} ticks; then training: "

@@ -85,6 +85,43 @@ def test_a_label_outside_the_classes_is_a_clear_error(backend_name):
             fn(logits, labels)
 
 
+@pytest.mark.parametrize("backend_name", _backends())
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "int8"])
+def test_labels_of_any_integer_type(backend_name, dtype):
+    logits, labels = pt.matrix("logits", dtype="float32"), pt.vector("labels", dtype=dtype)
+    cost = cross_entropy(logits, labels)
+    fn = backend.function([logits, labels], [cost, pytensor.grad(cost, logits)],
+                          mode=backend.compile_mode(backend_name))
+    x, y = _batch(rows=9, seed=4)
+    ref_cost, ref_gradient, _ = _reference(x, y)
+    got_cost, got_gradient = fn(x, y.astype(dtype))
+    assert float(got_cost) == pytest.approx(ref_cost, rel=1e-6)
+    np.testing.assert_allclose(got_gradient, ref_gradient, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend_name", ["c", "numba"])
+def test_as_many_labels_as_rows_and_an_empty_batch(backend_name):
+    fn = _head_function(backend_name)
+    logits, labels = _batch(rows=4)
+    for wrong in (labels[:3], labels[:1]):  # one label would broadcast in NumPy: refused all the same
+        with pytest.raises(ValueError, match="labels"):
+            fn(logits, wrong)
+    cost, gradient, probs = fn(logits[:0], labels[:0])
+    assert np.isnan(cost) and gradient.shape == (0, 10) and probs.shape == (0, 10)
+
+
+def test_jax_marks_a_bad_label_with_nan_and_refuses_a_wrong_count():
+    pytest.importorskip("jax")
+    fn = _head_function("jax")
+    logits, labels = _batch(rows=4)
+    labels[1] = 10
+    cost, gradient, _ = fn(logits, labels)
+    gradient = np.asarray(gradient)
+    assert np.isnan(cost) and np.isnan(gradient[1]).all() and np.isfinite(gradient[[0, 2, 3]]).all()
+    with pytest.raises(ValueError, match="labels for"):
+        fn(logits, labels[:3])
+
+
 def test_finite_differences():
     rng = np.random.default_rng(3)
     labels = np.array([0, 3, 1, 3, 2], np.int32)
@@ -92,6 +129,28 @@ def test_finite_differences():
     verify_grad(lambda x: SoftmaxCrossEntropy()(x, labels), [rng.standard_normal((5, 4))], rng=rng, mode=mode)
     verify_grad(lambda x: (RowSoftmax()(x) * np.arange(4.0)).sum(), [rng.standard_normal((5, 4))], rng=rng,
                 mode=mode)
+
+
+def test_second_derivatives_by_finite_differences():
+    """The gradient Op has a gradient of its own (a gradient penalty, double backpropagation)."""
+    rng = np.random.default_rng(5)
+    labels = np.array([2, 0, 1], np.int32)
+    weights = rng.standard_normal((3, 4))  # a projection, so the check sees every entry of the gradient
+    mode = backend.compile_mode("c")
+    verify_grad(lambda g, x: (SoftmaxCrossEntropyGrad()(g, x, labels) * weights).sum(),
+                [np.asarray(1.7), rng.standard_normal((3, 4))], rng=rng, mode=mode)
+    # And through pytensor.grad twice: the gradient norm's gradient, against the primitive formula's.
+    x = pt.matrix("x", dtype="float64")
+    primitive = -pt.mean(pt.log(softmax_reference(x))[pt.arange(3), labels])
+    penalties = [(pytensor.grad(c, x) ** 2).sum() for c in (cross_entropy(x, labels), primitive)]
+    fn = pytensor.function([x], [pytensor.grad(p, x) for p in penalties], mode=mode)
+    ours, theirs = fn(rng.standard_normal((3, 4)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def softmax_reference(x):
+    e = pt.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def test_the_head_adds_one_node_forward_and_one_backward():

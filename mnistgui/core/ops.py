@@ -412,7 +412,8 @@ def max_pool_numpy(x: np.ndarray) -> np.ndarray:
 def _compile_kernels(dtype) -> None:
     """Run every kernel the c backend's Ops call once, on a few zeros of `dtype`, in the layouts a
     training step passes them (C-contiguous, first-axis slices): Numba compiles each then, and the
-    step finds them ready. Batches of 2 run on the calling thread, BLAS untouched."""
+    step finds them ready. Batches of 2 run on the calling thread, not on the kernels' pool, and leave
+    BLAS's thread count alone (their few tiny products run at whatever count it has)."""
     one, two = np.zeros((2, 4, 4, 1), dtype), np.zeros((2, 4, 4, 2), dtype)  # direct loops; im2col
     g = np.zeros((2, 2, 2, 2), dtype)
     for x in (one, two):
@@ -434,13 +435,15 @@ def start_kernel_compilation(dtype="float32") -> threading.Thread:
     pays it after its C modules are built, with the second core idle. Started before the graph is
     linked, it runs beside the rewrites and the g++ runs (Numba's compiler lock makes any kernel called
     meanwhile wait for it, not compile it twice). From a warm cache it loads them in a fraction of a
-    second. Not a daemon: an interpreter leaving mid-compile waits for it rather than cut it off."""
+    second. Not a daemon: an interpreter leaving mid-compile waits for it rather than cut it off.
+    A process forked while it compiles inherits Numba's compiler lock held by a thread it does not
+    have: fork before a convnet compile or after it, not during (mnistgui itself never forks)."""
+    name = np.dtype(dtype).name
     with _kernel_compilation_lock:
-        thread = _kernel_compilation.get(dtype)
+        thread = _kernel_compilation.get(name)
         if thread is None:
-            thread = threading.Thread(target=_compile_kernels, args=(np.dtype(dtype),),
-                                      name="mnistgui-numba-kernels")
-            _kernel_compilation[dtype] = thread
+            thread = threading.Thread(target=_compile_kernels, args=(np.dtype(name),), name="mnistgui-numba-kernels")
+            _kernel_compilation[name] = thread
             thread.start()
         return thread
 

@@ -30,10 +30,13 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 _CACHE = not getattr(sys, "frozen", False)  # a frozen app has no source for Numba to cache beside
-_NUMBA_KERNEL_VERSION = 1  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 2  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
-def _check_labels(labels: np.ndarray, classes: int) -> None:
+def _check_labels(labels: np.ndarray, x: np.ndarray) -> None:
+    if len(labels) != len(x):
+        raise ValueError(f"{len(labels)} labels for {len(x)} rows of logits")
+    classes = x.shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         bad = labels[(labels < 0) | (labels >= classes)][0]
         raise ValueError(f"label {bad} is outside the model's {classes} classes (0 to {classes - 1})")
@@ -46,8 +49,10 @@ def softmax_numpy(x: np.ndarray) -> np.ndarray:
 
 
 def softmax_cross_entropy_numpy(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Mean cross-entropy of integer `labels` under softmax(x), as a 0-d array of x's dtype."""
-    _check_labels(labels, x.shape[1])
+    """Mean cross-entropy of integer `labels` under softmax(x), as a 0-d array of x's dtype (NaN for no rows)."""
+    _check_labels(labels, x)
+    if len(x) == 0:
+        return np.asarray(np.nan, dtype=x.dtype)
     shifted = x - x.max(axis=1, keepdims=True)
     log_sum = np.log(np.exp(shifted).sum(axis=1, dtype=np.float64))
     picked = shifted[np.arange(len(labels)), labels]
@@ -55,7 +60,9 @@ def softmax_cross_entropy_numpy(x: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 
 def softmax_cross_entropy_grad_numpy(g: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    _check_labels(labels, x.shape[1])
+    _check_labels(labels, x)
+    if len(x) == 0:
+        return np.empty_like(x)
     dx = softmax_numpy(x)
     dx[np.arange(len(labels)), labels] -= 1
     dx *= np.asarray(g, dtype=x.dtype) / x.dtype.type(len(labels))
@@ -142,6 +149,20 @@ class SoftmaxCrossEntropyGrad(Op):
     def connection_pattern(self, node):
         return [[True], [True], [False]]
 
+    def pullback(self, inputs, outputs, output_grads):
+        """For second derivatives (a gradient penalty, double backpropagation): with p = softmax(x),
+        s = g / n and G the incoming gradient, d/dx = s p (G - sum_j G_j p_j) row by row, and
+        d/dg = sum((p - onehot) G) / n."""
+        g, logits, labels = inputs
+        (upstream,) = output_grads
+        probs = row_softmax(logits)
+        rows = pt.cast(logits.shape[0], logits.dtype)
+        onehot = pt.cast(pt.eq(pt.arange(logits.shape[1])[None, :], labels[:, None]), logits.dtype)
+        scale = g / rows
+        d_logits = scale * probs * (upstream - (upstream * probs).sum(axis=1, keepdims=True))
+        d_g = ((probs - onehot) * upstream).sum() / rows
+        return [d_g, d_logits, disconnected_type()]
+
 
 row_softmax = RowSoftmax()
 softmax_cross_entropy = SoftmaxCrossEntropy()
@@ -152,7 +173,10 @@ softmax_cross_entropy_grad = SoftmaxCrossEntropyGrad()
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _check_labels_nb(labels, classes):
+def _check_labels_nb(labels, x):
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError("as many labels as rows of logits are needed")
+    classes = x.shape[1]
     for label in labels:
         if label < 0 or label >= classes:
             raise ValueError("a label is outside the model's classes")
@@ -178,7 +202,7 @@ def softmax_nb(x):
 @numba.njit(cache=_CACHE, nogil=True)
 def softmax_cross_entropy_nb(x, labels):
     n, k = x.shape
-    _check_labels_nb(labels, k)
+    _check_labels_nb(labels, x)
     loss = 0.0
     for i in range(n):
         top = x[i, 0]
@@ -189,16 +213,16 @@ def softmax_cross_entropy_nb(x, labels):
             total += np.float64(np.exp(x[i, j] - top))
         loss += np.log(total) - np.float64(x[i, labels[i]] - top)
     out = np.empty((), dtype=x.dtype)
-    out[()] = loss / n
+    out[()] = loss / n if n else np.nan
     return out
 
 
 @numba.njit(cache=_CACHE, nogil=True)
 def softmax_cross_entropy_grad_nb(g, x, labels):
     n, k = x.shape
-    _check_labels_nb(labels, k)
+    _check_labels_nb(labels, x)
     dx = softmax_nb(x)
-    scale = g.item() / n
+    scale = g.item() / max(n, 1)
     for i in range(n):
         dx[i, labels[i]] -= 1
         for j in range(k):
@@ -239,9 +263,19 @@ def register_numba() -> None:
 
 
 def register_jax() -> None:
+    """Jitted code cannot raise on a value: a label outside the classes makes the cost and its gradient
+    NaN there (which the trainer reports as a diverged run), where c and Numba raise. Shapes are known
+    when JAX traces, so a count of labels that differs from the rows raises then."""
     import jax
     import jax.numpy as jnp
     from pytensor.link.jax.dispatch import jax_funcify
+
+    def _check_shapes_jax(x, labels):
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {x.shape[0]} rows of logits")
+
+    def _valid_jax(labels, x):
+        return (labels >= 0) & (labels < x.shape[1])
 
     @jax_funcify.register(RowSoftmax)
     def jax_funcify_row_softmax(op, node, **kwargs):
@@ -250,8 +284,11 @@ def register_jax() -> None:
     @jax_funcify.register(SoftmaxCrossEntropy)
     def jax_funcify_softmax_cross_entropy(op, node, **kwargs):
         def cross_entropy(x, labels):
+            _check_shapes_jax(x, labels)
             log_probs = jax.nn.log_softmax(x, axis=1)
-            picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)
+            index = jnp.clip(labels, 0, x.shape[1] - 1)[:, None].astype(jnp.int32)
+            picked = jnp.take_along_axis(log_probs, index, axis=1)[:, 0]
+            picked = jnp.where(_valid_jax(labels, x), picked, jnp.nan)  # no error from jitted code: NaN
             return (-jnp.mean(picked)).astype(x.dtype)
 
         return cross_entropy
@@ -259,7 +296,9 @@ def register_jax() -> None:
     @jax_funcify.register(SoftmaxCrossEntropyGrad)
     def jax_funcify_softmax_cross_entropy_grad(op, node, **kwargs):
         def cross_entropy_grad(g, x, labels):
+            _check_shapes_jax(x, labels)
             onehot = jax.nn.one_hot(labels, x.shape[1], dtype=x.dtype)
-            return (jax.nn.softmax(x, axis=1) - onehot) * (jnp.asarray(g, dtype=x.dtype) / x.shape[0])
+            dx = (jax.nn.softmax(x, axis=1) - onehot) * (jnp.asarray(g, dtype=x.dtype) / max(x.shape[0], 1))
+            return jnp.where(_valid_jax(labels, x)[:, None], dx, jnp.nan)
 
         return cross_entropy_grad

@@ -36,7 +36,7 @@ from .schedules import learning_rate_at
 
 EVAL_CHUNK = 256  # images per prediction call: small enough to stay in cache (convnet: 2.0 s for 10k, 2.5 s at 1000)
 PROGRESS_INTERVAL = 0.1  # seconds between BatchProgress reports
-# Cross-entropy over 10 classes starts at ln 10 = 2.3. A stable log-softmax keeps a blown-up run's
+# Cross-entropy over 10 classes starts at ln 10 = 2.3. A stable log-sum-exp keeps a blown-up run's
 # cost finite for a long time (1e16 is typical at a learning rate of 10), so past this the run is
 # treated as diverged too, not only at NaN or infinity.
 DIVERGED_COST = 1e4

@@ -188,8 +188,8 @@ def build_model(config: Config, history: list[EpochResult], state: dict | None) 
 def precompile(config: Config) -> float:
     """Compile `config`'s training and prediction functions over a few blank images, in the caller's
     thread, and throw them away: PyTensor keeps the compiled C modules in its on-disk cache, so a run
-    of this configuration started later compiles warm (the convnet from a cold cache: 14-32 s; warm:
-    about 2 s). The seconds it took; nearest neighbours has nothing to compile.
+    of this configuration started later compiles warm (the convnet from empty caches: 10-11 s; warm:
+    about 1.5 s). The seconds it took; nearest neighbours has nothing to compile.
     """
     if not config.is_trainable:
         return 0.0
