@@ -30,7 +30,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 _CACHE = not getattr(sys, "frozen", False)  # a frozen app has no source for Numba to cache beside
-_NUMBA_KERNEL_VERSION = 2  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
 def _check_labels(labels: np.ndarray, x: np.ndarray) -> None:
@@ -183,13 +183,19 @@ def _check_labels_nb(labels, x):
 
 
 @numba.njit(cache=_CACHE, nogil=True)
+def _row_max_nb(x, i):
+    top = x[i, 0]
+    for j in range(1, x.shape[1]):
+        top = max(top, x[i, j])
+    return top
+
+
+@numba.njit(cache=_CACHE, nogil=True)
 def softmax_nb(x):
     n, k = x.shape
     out = np.empty_like(x)
     for i in range(n):
-        top = x[i, 0]
-        for j in range(1, k):
-            top = max(top, x[i, j])
+        top = _row_max_nb(x, i)
         total = 0.0
         for j in range(k):
             out[i, j] = np.exp(x[i, j] - top)
@@ -205,9 +211,7 @@ def softmax_cross_entropy_nb(x, labels):
     _check_labels_nb(labels, x)
     loss = 0.0
     for i in range(n):
-        top = x[i, 0]
-        for j in range(1, k):
-            top = max(top, x[i, j])
+        top = _row_max_nb(x, i)
         total = 0.0
         for j in range(k):
             total += np.float64(np.exp(x[i, j] - top))
