@@ -408,7 +408,6 @@ def max_pool_numpy(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-
 def _compile_kernels(dtype) -> None:
     """Run every kernel the c backend's Ops call once, on a few zeros of `dtype`, in the layouts a
     training step passes them (C-contiguous, first-axis slices): Numba compiles each then, and the
@@ -456,6 +455,7 @@ def _forget_kernel_compilation_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_kernel_compilation_in_child)
+
 
 # --- Ops, channels-last -------------------------------------------------------------------------------
 

@@ -20,8 +20,6 @@ The arithmetic, the same in the three implementations (float32 in and out):
 
 from __future__ import annotations
 
-import sys
-
 import numba
 import numpy as np
 import pytensor.tensor as pt
@@ -29,7 +27,8 @@ from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
-_CACHE = not getattr(sys, "frozen", False)  # a frozen app has no source for Numba to cache beside
+from .ops import _CACHE  # a frozen app has no source for Numba to cache beside
+
 _NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
