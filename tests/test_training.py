@@ -185,30 +185,34 @@ def test_convnet_learns_on_a_few_thousand_images(mnist):
 
 _KERNEL_WARMUP_CHILD = r"""
 import sys
-from mnistgui.core import ops, training
+from mnistgui.core import ops, softmax_ops, training
 from mnistgui.core.config import Config
 from mnistgui.core.data import load_dataset
 from mnistgui.core.training import Trainer, create_model
 
 kernels = [ops._block_images, ops._im2col_into, ops._col2im_into, ops._corr_direct_into,
-           ops._corr_weights_direct, ops._max_pool_kernel, ops._max_pool_grad_kernel]
+           ops._corr_weights_direct, ops._max_pool_kernel, ops._max_pool_grad_kernel,
+           softmax_ops.softmax_cross_entropy_nb, softmax_ops.softmax_cross_entropy_grad_nb]
 warmed = {}
 
-def start_and_wait(*args):
-    # Trainer.compile's call: let the warm-up finish before the step runs, and note what it compiled.
-    thread = ops.start_kernel_compilation(*args)
-    assert thread.name == "mnistgui-numba-kernels" and ops.start_kernel_compilation("float32") is thread
-    thread.join()
-    warmed.update({k.py_func.__name__: sorted(map(str, k.signatures)) for k in kernels})
-    return thread
+def waiting(start, thread_name):
+    # Trainer.compile's calls: let each warm-up finish before the step runs, and note what it compiled.
+    def start_and_wait(*args):
+        thread = start(*args)
+        assert thread.name == thread_name and start("float32") is thread
+        thread.join()
+        warmed.update({k.py_func.__name__: sorted(map(str, k.signatures)) for k in kernels if k.signatures})
+        return thread
+    return start_and_wait
 
-training.start_kernel_compilation = start_and_wait
+training.start_kernel_compilation = waiting(ops.start_kernel_compilation, "mnistgui-numba-kernels")
+softmax_ops.start_kernel_compilation = waiting(softmax_ops.start_kernel_compilation, "mnistgui-numba-head")
 assert not any(k.signatures for k in kernels)
 dataset = load_dataset("mnist", sys.argv[1]).subset(300, 100)
 config = Config.for_model("convnet", backend="c", train_size=300, test_size=100, epochs=1)
 trainer = Trainer(create_model(config), dataset)
 result = list(trainer.train())[-1]
-assert warmed and all(warmed.values()), warmed  # compile() started the warm-up, which compiled every kernel
+assert len(warmed) == len(kernels), warmed  # compile() started both warm-ups, which compiled every kernel
 trained = {k.py_func.__name__: sorted(map(str, k.signatures)) for k in kernels}
 assert trained == warmed, (warmed, trained)
 print("same kernels", result.test_error)
@@ -216,9 +220,9 @@ print("same kernels", result.test_error)
 
 
 def test_convnet_kernels_compiled_ahead_are_the_ones_training_calls(tmp_path):
-    """The c backend compiles the convnet's Numba kernels on a thread while its C modules build. The
-    warm-up must compile the very specializations (dtype, layout) a training step calls, else the step
-    compiles its own afterwards and the head start bought nothing."""
+    """The c backend compiles the convnet's Numba kernels, and the cross-entropy's, on threads while its
+    C modules build. The warm-ups must compile the very specializations (dtype, layout) a training step
+    calls, else the step compiles its own afterwards and the head start bought nothing."""
     import os
     import subprocess
     import sys

@@ -35,7 +35,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
-from . import ops
+from . import activation_ops, ops
 
 try:
     from . import parallel_build
@@ -308,8 +308,7 @@ def compile_mode(backend: str) -> Mode:
     # thunks said outright: left unset, the linker reads config.cxx now, outside the compile lock, where
     # another thread may be folding a shape without a compiler, and would then link all in Python.
     cvm = pytensor.compile.mode.get_mode("CVM")
-    if parallel_build is None:
-        return cvm.excluding("BlasOpt", "symbolic_op_recognition")
-    mode = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True, c_thunks=True),
-                optimizer=cvm.provided_optimizer)
-    return mode.excluding("BlasOpt", "symbolic_op_recognition")
+    if parallel_build is not None:
+        cvm = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True, c_thunks=True),
+                   optimizer=cvm.provided_optimizer)
+    return activation_ops.register_c_rewrites(cvm.excluding("BlasOpt", "symbolic_op_recognition"))

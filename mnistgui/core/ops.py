@@ -423,7 +423,7 @@ def _compile_kernels(dtype) -> None:
     max_pool_nhwc(two)
 
 
-_kernel_compilation: dict[str, threading.Thread] = {}
+_kernel_compilation: dict[tuple[str, str], threading.Thread] = {}
 _kernel_compilation_lock = threading.Lock()
 
 
@@ -437,12 +437,17 @@ def start_kernel_compilation(dtype="float32") -> threading.Thread:
     second. Not a daemon: an interpreter leaving mid-compile waits for it rather than cut it off.
     A process forked while it compiles inherits Numba's compiler lock held by a thread it does not
     have: fork before a convnet compile or after it, not during (mnistgui itself never forks)."""
-    name = np.dtype(dtype).name
+    return start_compilation_thread("mnistgui-numba-kernels", _compile_kernels, dtype)
+
+
+def start_compilation_thread(name: str, compile_kernels, dtype) -> threading.Thread:
+    """Run compile_kernels(dtype) on a thread called `name`, once a process for each name and dtype."""
+    key = (name, np.dtype(dtype).name)
     with _kernel_compilation_lock:
-        thread = _kernel_compilation.get(name)
+        thread = _kernel_compilation.get(key)
         if thread is None:
-            thread = threading.Thread(target=_compile_kernels, args=(np.dtype(name),), name="mnistgui-numba-kernels")
-            _kernel_compilation[name] = thread
+            thread = threading.Thread(target=compile_kernels, args=(np.dtype(dtype),), name=name)
+            _kernel_compilation[key] = thread
             thread.start()
         return thread
 

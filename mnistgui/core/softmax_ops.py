@@ -27,7 +27,7 @@ from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
-from .ops import _CACHE  # a frozen app has no source for Numba to cache beside
+from .ops import _CACHE, start_compilation_thread  # _CACHE: a frozen app has no source for Numba to cache beside
 
 _NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
@@ -113,7 +113,10 @@ class SoftmaxCrossEntropy(Op):
         return Apply(self, [logits, labels], [pt.scalar(dtype=logits.dtype)])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = softmax_cross_entropy_numpy(*inputs)
+        try:
+            output_storage[0][0] = softmax_cross_entropy_nb(*inputs)
+        except ValueError:  # for the message that names the label and the count of classes
+            output_storage[0][0] = softmax_cross_entropy_numpy(*inputs)
 
     def infer_shape(self, *args):
         return [()]
@@ -140,7 +143,10 @@ class SoftmaxCrossEntropyGrad(Op):
         return Apply(self, [g, logits, labels], [logits.type()])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = softmax_cross_entropy_grad_numpy(*inputs)
+        try:
+            output_storage[0][0] = softmax_cross_entropy_grad_nb(*inputs)
+        except ValueError:
+            output_storage[0][0] = softmax_cross_entropy_grad_numpy(*inputs)
 
     def infer_shape(self, *args):
         return [args[-1][1]]
@@ -231,6 +237,20 @@ def softmax_cross_entropy_grad_nb(g, x, labels):
         for j in range(k):
             dx[i, j] *= scale
     return dx
+
+
+def _compile_kernels(dtype) -> None:
+    """Call the cross-entropy kernels once with the types a training step passes them (float32
+    logits from a matrix product, int32 labels sliced from the training set, a 0-d output gradient)."""
+    logits, labels = np.zeros((2, 3), dtype), np.zeros(2, np.int32)
+    softmax_cross_entropy_nb(logits, labels)
+    softmax_cross_entropy_grad_nb(np.ones((), dtype), logits, labels)
+
+
+def start_kernel_compilation(dtype="float32"):
+    """Compile the c backend's cross-entropy kernels on a thread (a second from an empty Numba cache),
+    beside the graph's rewrites and C modules; see ops.start_kernel_compilation."""
+    return start_compilation_thread("mnistgui-numba-head", _compile_kernels, dtype)
 
 
 def register_numba() -> None:

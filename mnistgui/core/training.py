@@ -20,7 +20,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from . import backend
+from . import backend, softmax_ops
 from .attacks import AdversarialTraining, Attacker, adversarial_training_cost
 from .augment import Augmentation, augment
 from .config import Config, config_changes
@@ -385,8 +385,10 @@ class Trainer:
             return 0.0 if isinstance(self.model, KnnModel) else self.compile_seconds
         model = self.model
         start = time.perf_counter()
-        if model.config.model == "convnet" and model.backend == "c":  # the kernels the c Ops call
-            start_kernel_compilation()
+        if model.backend == "c":  # the Numba kernels the c backend's Ops call
+            softmax_ops.start_kernel_compilation()
+            if model.config.model == "convnet":
+                start_kernel_compilation()
         # Data lives in shared variables and batches are slices by index: no per-step copies.
         self._images_shared = pytensor.shared(self.train_images, name="train_images", borrow=True)
         self._labels_shared = pytensor.shared(self.train_labels, name="train_labels", borrow=True)
