@@ -35,7 +35,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
-from . import activation_ops, ops
+from . import c_rewrites, ops
 
 try:
     from . import parallel_build
@@ -311,4 +311,4 @@ def compile_mode(backend: str) -> Mode:
     if parallel_build is not None:
         cvm = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True, c_thunks=True),
                    optimizer=cvm.provided_optimizer)
-    return activation_ops.register_c_rewrites(cvm.excluding("BlasOpt", "symbolic_op_recognition"))
+    return c_rewrites.register_c_rewrites(cvm.excluding("BlasOpt", "symbolic_op_recognition"))
