@@ -94,8 +94,9 @@ def test_numpys_blas_is_found_and_computes_every_layout():
         c = rng.standard_normal((6, 5)).astype(dtype)
         a_c, b_c = rng.standard_normal((6, 4)).astype(dtype), rng.standard_normal((4, 5)).astype(dtype)
         strided = rng.standard_normal((6, 8)).astype(dtype)[:, ::2]  # neither C nor Fortran order: copied
-        for a in (a_c, np.asfortranarray(a_c), strided):
-            for b in (b_c, np.asfortranarray(b_c)):
+        reversed_b = rng.standard_normal((4, 5)).astype(dtype)[::-1]  # negative strides: copied
+        for a in (a_c, np.asfortranarray(a_c), strided, a_c[::-1][::-1]):
+            for b in (b_c, np.asfortranarray(b_c), reversed_b, rng.standard_normal((10, 4)).astype(dtype).T[:, ::2]):
                 expected = c - 0.25 * (a.astype(np.float64) @ b.astype(np.float64))
                 got = c.copy()
                 assert gemm(-0.25, a, b, got) is got
@@ -107,6 +108,10 @@ def test_numpys_blas_is_found_and_computes_every_layout():
         other = "float64" if dtype == "float32" else "float32"
         with pytest.raises(ValueError, match="not"):
             gemm(1.0, a_c.astype(other), b_c, c.copy())
+        column, row = rng.standard_normal((6, 1)).astype(dtype), rng.standard_normal((1, 5)).astype(dtype)
+        outer = c.copy()  # an inner dimension of 1: arrays both C- and Fortran-contiguous
+        gemm(2.0, column, row, outer)
+        np.testing.assert_allclose(outer, c + 2.0 * column @ row, rtol=1e-5, atol=1e-5)
         empty = c.copy()
         gemm(1.0, a_c[:, :0], b_c[:0], empty)  # an empty inner dimension adds nothing
         np.testing.assert_array_equal(empty, c)
@@ -200,3 +205,54 @@ def test_the_sigmoid_mlp_trains_through_the_fast_paths(mnist):
     assert results["c"][0] == pytest.approx(results["numba"][0], rel=1e-5)
     for key, value in results["c"][1]["params"].items():
         np.testing.assert_allclose(value, results["numba"][1]["params"][key], rtol=1e-4, atol=1e-6)
+
+
+def test_the_update_waits_for_every_reader_of_the_old_weights():
+    """The forward product reads w in the same call that overwrites it: it must see the old w."""
+    from mnistgui.core.c_rewrites import GemmUpdate
+
+    rng = np.random.default_rng(6)
+    w_value = rng.standard_normal((400, 300)).astype(np.float32)
+    w = pytensor.shared(w_value.copy(), name="w")
+    x, g, probe = pt.matrix("x"), pt.matrix("g"), pt.matrix("probe")
+    fn = backend.function([x, g, probe], pt.dot(probe, w), updates=[(w, w - np.float32(0.5) * pt.dot(x.T, g))],
+                          mode=backend.compile_mode("c"))
+    assert [op.inplace for op in _ops(fn) if isinstance(op, GemmUpdate)] == [True]
+    xv, gv = rng.standard_normal((16, 400)).astype(np.float32), rng.standard_normal((16, 300)).astype(np.float32)
+    probe_value = rng.standard_normal((3, 400)).astype(np.float32)
+    seen = fn(xv, gv, probe_value)
+    np.testing.assert_allclose(seen, probe_value @ w_value, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(w.get_value(), w_value - 0.5 * xv.T @ gv, rtol=1e-4, atol=1e-4)
+
+
+def test_only_w_minus_a_scalar_times_a_product_is_taken():
+    from mnistgui.core.c_rewrites import GemmUpdate
+
+    rng = np.random.default_rng(7)
+    w, x, g = pt.matrix("w"), pt.matrix("x"), pt.matrix("g")
+    rows = pt.vector("rows")
+    row_x = pt.tensor("row_x", dtype="float32", shape=(1, None))  # a product of one row, broadcast over w
+    cases = {
+        "reversed": (np.float32(0.5) * pt.dot(x.T, g) - w, [w, x, g]),
+        "a learning rate per row": (w - rows[:, None] * pt.dot(x.T, g), [w, rows, x, g]),
+        "a broadcast product": (w - np.float32(0.5) * pt.dot(row_x, g), [w, row_x, g]),
+    }
+    wv = rng.standard_normal((300, 400)).astype(np.float32)
+    values = {"w": wv, "x": rng.standard_normal((16, 300)).astype(np.float32),
+              "g": rng.standard_normal((16, 400)).astype(np.float32), "rows": rng.random(300).astype(np.float32),
+              "row_x": rng.standard_normal((1, 16)).astype(np.float32)}
+    for name, (expression, inputs) in cases.items():
+        fn = _c(inputs, expression)
+        assert not any(isinstance(op, GemmUpdate) for op in _ops(fn)), name
+        args = [values[v.name] for v in inputs]
+        reference = backend.function(inputs, expression, mode=backend.compile_mode("numba"))(*args)
+        np.testing.assert_allclose(fn(*args), reference, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_a_sigmoid_of_a_scalar_stays_an_array():
+    v, u = pt.vector("v"), pt.vector("u")
+    fn = _c([v, u], pt.sigmoid(pt.dot(v, u)))
+    assert any(isinstance(op, Elemwise) for op in _ops(fn))  # PyTensor's own loop: nothing to gain on one number
+    assert float(fn(np.ones(3, np.float32), np.ones(3, np.float32))) == pytest.approx(1 / (1 + np.exp(-3.0)))
+    zero_d = sigmoid_numpy(np.array(2.0, np.float32))
+    assert isinstance(zero_d, np.ndarray) and zero_d.shape == () and zero_d == pytest.approx(1 / (1 + np.exp(-2.0)))

@@ -172,3 +172,27 @@ def test_wrong_inputs_are_type_errors():
         cross_entropy(pt.matrix(dtype="float32"), pt.vector(dtype="float32"))
     with pytest.raises(TypeError, match="float matrix"):
         softmax(pt.imatrix())
+
+
+def test_the_c_backend_runs_the_nopython_kernels(monkeypatch):
+    """Under c the head's perform calls the Numba kernels: with the NumPy code made to fail, it still runs
+    (and a float16 head, which the kernels are not compiled for, still takes the NumPy code)."""
+    from mnistgui.core import softmax_ops
+
+    fn = _head_function("c")
+
+    def refuse(*args):
+        raise AssertionError("the NumPy code ran")
+
+    monkeypatch.setattr(softmax_ops, "softmax_cross_entropy_numpy", refuse)
+    monkeypatch.setattr(softmax_ops, "softmax_cross_entropy_grad_numpy", refuse)
+    logits, labels = _batch()
+    cost, gradient, _ = fn(logits, labels)
+    ref_cost, ref_gradient, _ = _reference(logits, labels)
+    assert float(cost) == pytest.approx(ref_cost, rel=1e-6)
+    np.testing.assert_allclose(gradient, 3 * ref_gradient, rtol=1e-5, atol=1e-7)
+    monkeypatch.undo()
+    half = pt.matrix("half", dtype="float16")
+    y = pt.ivector("y")
+    fn16 = backend.function([half, y], cross_entropy(half, y), mode=backend.compile_mode("c"))
+    assert float(fn16(logits.astype(np.float16), labels)) == pytest.approx(ref_cost, rel=1e-2)

@@ -34,12 +34,13 @@ _found: dict[str, object] = {}
 def _numpy_openblas_path() -> str | None:
     from threadpoolctl import threadpool_info
 
-    numpy_root = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    # threadpoolctl reports resolved paths: resolve NumPy's too (site-packages behind a symlink).
+    numpy_root = os.path.dirname(os.path.dirname(os.path.realpath(np.__file__)))
     for info in threadpool_info():
-        path = info.get("filepath") or ""
+        path = os.path.realpath(info.get("filepath") or "")
         # NumPy's copy (numpy.libs/, numpy/.dylibs/), not another package's OpenBLAS in the same process.
         if info.get("internal_api") == "openblas" and os.path.basename(os.path.dirname(path)).startswith(("numpy", ".dylibs")) \
-                and os.path.abspath(path).startswith(numpy_root):
+                and path.startswith(numpy_root):
             return path
     return None
 

@@ -32,7 +32,7 @@ from pytensor.tensor.math import Dot
 from .blas import cblas_gemm
 
 # After PyTensor's elementwise fusion (49) and its destroy handler (49.5), before its in-place
-# rewrites (70.5, which would otherwise make the update loop write into w): a sigmoid still alone
+# elementwise rewrite (50.5, which would otherwise make the update loop write into w): a sigmoid still alone
 # then is one the fusion found nothing to join, and an update is one fused loop.
 REWRITE_POSITION = 49.9
 INPLACE_POSITION = 50.3
@@ -42,7 +42,7 @@ GEMM_MIN_SIZE = 1 << 16
 
 
 def sigmoid_numpy(x: np.ndarray) -> np.ndarray:
-    out = np.negative(x)
+    out = np.negative(x, out=np.empty_like(x))  # an array even for a 0-d x, where NumPy would give a scalar
     with np.errstate(over="ignore"):  # exp(88.8) overflows float32 to inf: 1 / (1 + inf) is the 0 wanted
         np.exp(out, out=out)
     out += 1
@@ -73,7 +73,8 @@ def standalone_sigmoid_to_numpy(fgraph, node):
         return None
     (x,) = node.inputs
     (out,) = node.outputs
-    if x.dtype not in ("float32", "float64") or x.type.broadcastable != out.type.broadcastable or x.dtype != out.dtype:
+    if x.ndim == 0 or x.dtype not in ("float32", "float64") or x.type.broadcastable != out.type.broadcastable \
+            or x.dtype != out.dtype:
         return None
     return [numpy_sigmoid(x)]
 
@@ -132,7 +133,8 @@ def _sgd_update_parts(node):
             return None
     if dot is None or lr is None or len(node.inputs) != 2 + (lr.owner is not None):
         return None
-    if w.ndim != 2 or dot.ndim != 2 or any(w.type.broadcastable) or w.type.broadcastable != node.outputs[0].type.broadcastable:
+    if w.ndim != 2 or any(w.type.broadcastable) or not (w.type.broadcastable == dot.type.broadcastable
+                                                      == node.outputs[0].type.broadcastable):
         return None
     if not (w.dtype == dot.dtype == lr.dtype == node.outputs[0].dtype) or w.dtype not in ("float32", "float64"):
         return None
