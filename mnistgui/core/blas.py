@@ -49,10 +49,9 @@ class Gemm:
     """c <- alpha * a @ b + c in place, for C-contiguous c and 2-d a, b of c's dtype (any of C or
     Fortran order: a transposed view is passed with BLAS's transpose flag, not copied)."""
 
-    def __init__(self, function, index_type, dtype):
-        self.function, self.index_type, self.dtype = function, index_type, np.dtype(dtype)
+    def __init__(self, function, index, dtype):
+        self.function, self.dtype = function, np.dtype(dtype)
         scalar = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
-        index = index_type
         function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, index, index, index, scalar,
                              ctypes.c_void_p, index, ctypes.c_void_p, index, scalar, ctypes.c_void_p, index]
         function.restype = None

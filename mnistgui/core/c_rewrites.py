@@ -120,19 +120,19 @@ def _sgd_update_parts(node):
     product = out.owner.inputs[1]
     if product.owner is None or not isinstance(product.owner.op, scalar.Mul) or len(product.owner.inputs) != 2:
         return None
-    w, dot, lr = node.inputs[0], None, None
+    w, dot, lr, lr_input = node.inputs[0], None, None, None
     for factor in product.owner.inputs:
         outer = inner_to_outer.get(factor)
         if outer is not None and outer.owner is not None and isinstance(outer.owner.op, Dot) and dot is None:
             dot = outer
         elif outer is not None and outer is not w and outer.ndim == 2 and all(outer.type.broadcastable) and lr is None:
-            lr = outer.dimshuffle()
+            lr_input, lr = outer, outer.dimshuffle()
         elif isinstance(factor, scalar.ScalarConstant) and lr is None:
             lr = pt.constant(np.asarray(factor.data, dtype=w.dtype))
         else:
             return None
-    if dot is None or lr is None or len(node.inputs) != 2 + (lr.owner is not None):
-        return None
+    if dot is None or lr is None or set(node.inputs) != {w, dot} | ({lr_input} if lr_input is not None else set()):
+        return None  # a loop reading anything more is not this update
     if w.ndim != 2 or any(w.type.broadcastable) or not (w.type.broadcastable == dot.type.broadcastable
                                                       == node.outputs[0].type.broadcastable):
         return None

@@ -70,6 +70,17 @@ def softmax_cross_entropy_grad_numpy(g: np.ndarray, x: np.ndarray, labels: np.nd
     return dx
 
 
+def _kernel_or_numpy(kernel, numpy_version, logits, inputs):
+    """The c backend's perform: the nopython kernel for float32 and float64 logits, else NumPy; NumPy
+    also where the kernel refuses its input, for the message that names the label and the classes."""
+    if logits.dtype not in _KERNEL_DTYPES:
+        return numpy_version(*inputs)
+    try:
+        return kernel(*inputs)
+    except ValueError:
+        return numpy_version(*inputs)
+
+
 def _logits(x):
     x = pt.as_tensor_variable(x)
     if x.ndim != 2 or np.dtype(x.dtype).kind != "f":
@@ -115,13 +126,7 @@ class SoftmaxCrossEntropy(Op):
         return Apply(self, [logits, labels], [pt.scalar(dtype=logits.dtype)])
 
     def perform(self, node, inputs, output_storage):
-        if inputs[0].dtype not in _KERNEL_DTYPES:
-            output_storage[0][0] = softmax_cross_entropy_numpy(*inputs)
-            return
-        try:
-            output_storage[0][0] = softmax_cross_entropy_nb(*inputs)
-        except ValueError:  # for the message that names the label and the count of classes
-            output_storage[0][0] = softmax_cross_entropy_numpy(*inputs)
+        output_storage[0][0] = _kernel_or_numpy(softmax_cross_entropy_nb, softmax_cross_entropy_numpy, inputs[0], inputs)
 
     def infer_shape(self, *args):
         return [()]
@@ -148,13 +153,8 @@ class SoftmaxCrossEntropyGrad(Op):
         return Apply(self, [g, logits, labels], [logits.type()])
 
     def perform(self, node, inputs, output_storage):
-        if inputs[1].dtype not in _KERNEL_DTYPES:
-            output_storage[0][0] = softmax_cross_entropy_grad_numpy(*inputs)
-            return
-        try:
-            output_storage[0][0] = softmax_cross_entropy_grad_nb(*inputs)
-        except ValueError:
-            output_storage[0][0] = softmax_cross_entropy_grad_numpy(*inputs)
+        output_storage[0][0] = _kernel_or_numpy(softmax_cross_entropy_grad_nb, softmax_cross_entropy_grad_numpy,
+                                                inputs[1], inputs)
 
     def infer_shape(self, *args):
         return [args[-1][1]]
