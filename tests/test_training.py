@@ -185,14 +185,15 @@ def test_convnet_learns_on_a_few_thousand_images(mnist):
 
 _KERNEL_WARMUP_CHILD = r"""
 import sys
-from mnistgui.core import ops, softmax_ops, training
+from mnistgui.core import dropout_ops, ops, softmax_ops, training
 from mnistgui.core.config import Config
 from mnistgui.core.data import load_dataset
 from mnistgui.core.training import Trainer, create_model
 
 kernels = [ops._block_images, ops._im2col_into, ops._col2im_into, ops._corr_direct_into,
            ops._corr_weights_direct, ops._max_pool_kernel, ops._max_pool_grad_kernel,
-           softmax_ops.softmax_cross_entropy_nb, softmax_ops.softmax_cross_entropy_grad_nb]
+           softmax_ops.softmax_cross_entropy_nb, softmax_ops.softmax_cross_entropy_grad_nb,
+           dropout_ops._relu_dropout_kernel, dropout_ops._relu_dropout_grad_kernel]
 warmed = {}
 
 def waiting(start, thread_name):
@@ -207,6 +208,7 @@ def waiting(start, thread_name):
 
 training.start_kernel_compilation = waiting(ops.start_kernel_compilation, "mnistgui-numba-kernels")
 softmax_ops.start_kernel_compilation = waiting(softmax_ops.start_kernel_compilation, "mnistgui-numba-head")
+dropout_ops.start_kernel_compilation = waiting(dropout_ops.start_kernel_compilation, "mnistgui-numba-dropout")
 assert not any(k.signatures for k in kernels)
 dataset = load_dataset("mnist", sys.argv[1]).subset(300, 100)
 config = Config.for_model("convnet", backend="c", train_size=300, test_size=100, epochs=1)

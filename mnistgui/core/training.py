@@ -20,7 +20,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from . import backend, softmax_ops
+from . import backend, dropout_ops, softmax_ops
 from .attacks import AdversarialTraining, Attacker, adversarial_training_cost
 from .augment import Augmentation, augment
 from .config import Config, config_changes
@@ -389,6 +389,8 @@ class Trainer:
             softmax_ops.start_kernel_compilation()
             if model.config.model == "convnet":
                 start_kernel_compilation()
+            if model.config.activation == "relu" and max(model.config.hidden_dropout, model.config.conv_dropout) > 0:
+                dropout_ops.start_kernel_compilation()
         # Data lives in shared variables and batches are slices by index: no per-step copies.
         self._images_shared = pytensor.shared(self.train_images, name="train_images", borrow=True)
         self._labels_shared = pytensor.shared(self.train_labels, name="train_labels", borrow=True)
