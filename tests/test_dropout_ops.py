@@ -121,7 +121,7 @@ def test_models_fuse_relu_then_dropout_and_nothing_else():
         graph = pytensor.graph.fg.FunctionGraph(outputs=[model.cost])
         return [n.op.retain for n in graph.apply_nodes if isinstance(n.op, ReluDropout)]
 
-    assert sorted(fused_nodes("convnet")) == [0.5, 0.8, 0.8]  # two conv layers and the hidden layer
+    assert sorted(fused_nodes("convnet")) == [0.5, 0.8, 0.8, 0.8]  # three conv layers and the hidden layer
     assert sorted(fused_nodes("dropout_mlp")) == [0.5, 0.5]  # the input pixels' dropout has no ReLU before it
     assert fused_nodes("dropout_mlp", activation="sigmoid") == []
     assert fused_nodes("convnet", conv_dropout=0.0, hidden_dropout=0.0) == []

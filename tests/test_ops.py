@@ -270,3 +270,24 @@ def test_max_pool_passes_nan_through_from_anywhere_in_a_window():
     x[0, 0, 2, 0] = 5.0
     out = ops.max_pool_nhwc(x)[0, :, :, 0]
     assert np.isnan(out[0, 0]) and np.isnan(out[1, 1]) and out[0, 1] == 5.0 and out[1, 0] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_layer_kernel_adds_the_nine_taps_in_order_from_zero(dtype):
+    """The 3x3 one-channel loop (registers, one write a pixel) gives the general loop's bits: the taps
+    added one by one, row-major, to a zero, so a zero border of the image gives +0, never -0."""
+    from mnistgui.core.ops import _filters_as_matrix, corr2d_nhwc
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 12, 11, 1)).astype(dtype)
+    x[:, :4] = 0  # products 0 * (negative weight) are -0
+    k = rng.standard_normal((17, 1, 3, 3)).astype(dtype)  # 17 filters: a vector and a remainder
+    weights = _filters_as_matrix(k)
+    expected = np.zeros((5, 10, 9, 17), dtype)
+    for tap in range(9):
+        a, b = divmod(tap, 3)
+        expected += x[:, a : a + 10, b : b + 9, :] * weights[tap]
+    out = corr2d_nhwc(x, k)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expected)
+    assert not np.any(np.signbit(out[:, :2]))  # rows made only of the zero border

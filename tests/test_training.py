@@ -190,7 +190,7 @@ from mnistgui.core.config import Config
 from mnistgui.core.data import load_dataset
 from mnistgui.core.training import Trainer, create_model
 
-kernels = [ops._block_images, ops._im2col_into, ops._col2im_into, ops._corr_direct_into,
+kernels = [ops._block_images, ops._im2col_into, ops._col2im_into, ops._corr_direct_into, ops._corr_3x3_one_channel_into,
            ops._corr_weights_direct, ops._max_pool_kernel, ops._max_pool_grad_kernel,
            softmax_ops.softmax_cross_entropy_nb, softmax_ops.softmax_cross_entropy_grad_nb,
            dropout_ops._relu_dropout_kernel, dropout_ops._relu_dropout_grad_kernel]

@@ -109,6 +109,9 @@ def _corr_direct_into(x, weights, kh, kw, out):
     """out = valid cross-correlation of x with weights (kh * kw * C, F), pixel by pixel."""
     n, h, w, c = x.shape
     f = weights.shape[1]
+    if kh == 3 and kw == 3 and c == 1:
+        _corr_3x3_one_channel_into(x, weights, out)
+        return
     for i in range(n):
         for p in range(out.shape[1]):
             for q in range(out.shape[2]):
@@ -122,6 +125,26 @@ def _corr_direct_into(x, weights, kh, kw, out):
                             for t in range(f):
                                 out[i, p, q, t] += v * weights[col, t]
                             col += 1
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _corr_3x3_one_channel_into(x, weights, out):
+    """`_corr_direct_into` for the notebook's first layer (3x3 filters on one channel): a pixel's nine
+    inputs held in registers and each output written once, where the general loop adds into `out` nine
+    times (2.8 to 1.2 ms for a batch of 128 on two cores). The same sum in the same order, from the same
+    zero, so the same bits."""
+    f = weights.shape[1]
+    zero = out.dtype.type(0)
+    for i in range(x.shape[0]):
+        for p in range(out.shape[1]):
+            for q in range(out.shape[2]):
+                v0, v1, v2 = x[i, p, q, 0], x[i, p, q + 1, 0], x[i, p, q + 2, 0]
+                v3, v4, v5 = x[i, p + 1, q, 0], x[i, p + 1, q + 1, 0], x[i, p + 1, q + 2, 0]
+                v6, v7, v8 = x[i, p + 2, q, 0], x[i, p + 2, q + 1, 0], x[i, p + 2, q + 2, 0]
+                for t in range(f):
+                    out[i, p, q, t] = (zero + v0 * weights[0, t] + v1 * weights[1, t] + v2 * weights[2, t]
+                                       + v3 * weights[3, t] + v4 * weights[4, t] + v5 * weights[5, t]
+                                       + v6 * weights[6, t] + v7 * weights[7, t] + v8 * weights[8, t])
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -807,7 +830,7 @@ def corr2d_input_grad_nb(g, k, h, w):
     return dx
 
 
-_NUMBA_KERNEL_VERSION = 4  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 5  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
 def _register_numba() -> None:
