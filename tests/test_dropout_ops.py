@@ -26,10 +26,14 @@ def _awkward_inputs(shape, retain, seed=0):
     x = rng.standard_normal(shape).astype(np.float32)
     flat = x.reshape(-1)
     flat[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.0]  # the edges of max(x, 0) and its gradient
+    flat[8:12] = 1.0  # units whose draws sit on the threshold: kept or not shows in y
+    flat[16:20] = 3e38  # scale * x overflows: a dropped unit is inf * 0 = NaN in the graph's order
     u = rng.random(shape, dtype=np.float32)
     u.reshape(-1)[8:12] = [np.float32(retain), np.nextafter(np.float32(retain), 0), 0.0, np.nextafter(np.float32(1), 0)]
+    u.reshape(-1)[16:20] = [0.0, 0.99, 0.0, 0.99]
     g = rng.standard_normal(shape).astype(np.float32)
     g.reshape(-1)[12:16] = [np.inf, np.nan, -0.0, -2.0]
+    g.reshape(-1)[20:22] = 3e38
     return x, u, g
 
 
@@ -68,19 +72,31 @@ def test_fused_op_gives_the_unfused_graphs_numbers(shape, retain):
             finite = np.isfinite(b)
             np.testing.assert_array_equal(np.isfinite(a), finite)
             np.testing.assert_array_max_ulp(a[finite], b[finite], maxulp=1)
-    dropped = (inputs[1] >= retain) & np.isfinite(inputs[0])
-    assert 0 < dropped.mean() < 1 and np.all(y[dropped] == 0)
+    kept = inputs[1].astype(np.float64) < retain  # as the unfused graph compares: in double precision
+    dropped = ~kept & np.isfinite(inputs[0]) & (np.abs(inputs[0]) < 1e38)
+    assert 0 < dropped.mean() < 1 and np.all(y[dropped] == 0) and np.all(y[kept & (inputs[0] > 0)] > 0)
+    on_threshold = y.reshape(-1)[8:10]  # u = float32(retain), the float32 below it
+    assert (on_threshold > 0).tolist() == [float(np.float32(retain)) < retain, True]
 
 
 def test_a_large_layer_is_split_over_the_kernel_threads(monkeypatch):
-    calls = []
+    monkeypatch.setenv("MNISTGUI_THREADS", "2")
+    parts = []
     real_run = ops._kernel_threads.run
-    monkeypatch.setattr(ops._kernel_threads, "run", lambda work, n, blas=True: calls.append(n) or real_run(work, n, blas))
-    small, large = (4, PARALLEL_MIN_UNITS // 8), (8, PARALLEL_MIN_UNITS // 8)
+
+    def run(work, n, blas=True):
+        def noted(start, stop):
+            parts.append((start, stop))
+            return work(start, stop)
+        return real_run(noted, n, blas)
+
+    monkeypatch.setattr(ops._kernel_threads, "run", run)
+    small, large = (16, PARALLEL_MIN_UNITS // 32), (32, PARALLEL_MIN_UNITS // 32)
     for shape in (small, large):
         x, u, g = _awkward_inputs(shape, 0.8)
         _forward_and_gradient(lambda a, b: relu_dropout(a, b, 0.8), shape, backend.compile_mode("c"))(x, u, g)
-    assert calls == [8, 8]  # forward and backward of the large one, on rows; the small one on this thread
+    # forward and backward of the large layer in two halves of its rows; the small one on this thread alone
+    assert sorted(parts) == [(0, 16), (0, 16), (16, 32), (16, 32)]
 
 
 def test_gradient_matches_finite_differences():
@@ -90,22 +106,39 @@ def test_gradient_matches_finite_differences():
     verify_grad(lambda v: relu_dropout(v, pt.constant(u), 0.7), [x], rng=rng, mode=backend.compile_mode("c"))
 
 
-def test_draws_get_no_gradient_and_the_code_output_none():
+def test_the_draws_get_no_gradient_and_the_codes_carry_none():
     x, u = pt.matrix(), pt.matrix()
     y, code = ReluDropout(0.5)(x, u)
     assert code.dtype == "uint8"
     with pytest.raises(pytensor.gradient.DisconnectedInputError):
         pytensor.grad(y.sum(), u)
+    with pytest.raises(pytensor.gradient.DisconnectedInputError):
+        pytensor.grad(pt.cast(code, "float32").sum(), x)
 
 
+def test_mismatched_draws_or_codes_are_a_clear_error():
+    from mnistgui.core.dropout_ops import relu_dropout_grad_numpy, relu_dropout_numpy
+
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="draws of shape"):
+        relu_dropout_numpy(x, np.ones((4, 2), np.float32), 0.5)
+    with pytest.raises(ValueError, match="codes of shape"):
+        relu_dropout_grad_numpy(x, np.ones((3, 3), np.uint8), 0.5)
+    with pytest.raises(TypeError, match="uint8 codes"):
+        ReluDropoutGrad(0.5)(pt.matrix(), pt.matrix())
+
+
+@pytest.mark.parametrize("retain", [0.8, 0.9])
 @pytest.mark.parametrize("name", ["numba", "jax"])
-def test_numba_and_jax_run_the_op_as_c_does(name):
+def test_numba_and_jax_run_the_op_as_c_does(name, retain):
     if name == "jax":
         pytest.importorskip("jax")
-    shape, retain = (16, 5, 5, 8), 0.8
+    shape = (16, 5, 5, 8)
     inputs = _awkward_inputs(shape, retain)
     inputs[0].reshape(-1)[:8] = 0.5  # no NaN or infinities: XLA's maximum need not keep NaN's sign or payload
+    inputs[0].reshape(-1)[16:20] = 0.5
     inputs[2].reshape(-1)[12:16] = 1.0
+    inputs[2].reshape(-1)[20:22] = 1.0
     expected = _forward_and_gradient(lambda x, u: relu_dropout(x, u, retain), shape, backend.compile_mode("c"))(*inputs)
     run = _forward_and_gradient(lambda x, u: relu_dropout(x, u, retain), shape, mode=backend.compile_mode(name))
     got = run(*inputs)
@@ -147,9 +180,11 @@ def test_training_history_is_the_unfused_graphs_bit_for_bit(mnist, monkeypatch, 
 # --- draws in parts ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("threads", ["2", "3", "8"])
 @pytest.mark.parametrize("count", [PARALLEL_MIN_DRAWS, PARALLEL_MIN_DRAWS + 1, PARALLEL_MIN_DRAWS + 3, 921_600, 5])
 @pytest.mark.parametrize("drawn_before", [0, 1, 2])  # 1: a half of a 64-bit output left over
-def test_draws_in_parts_are_numpys_bit_for_bit(count, drawn_before):
+def test_draws_in_parts_are_numpys_bit_for_bit(monkeypatch, count, drawn_before, threads):
+    monkeypatch.setenv("MNISTGUI_THREADS", threads)
     serial, split = np.random.default_rng(7), np.random.default_rng(7)
     serial.random(drawn_before, dtype=np.float32)
     split.random(drawn_before, dtype=np.float32)
@@ -177,7 +212,8 @@ def test_a_dropout_graphs_stream_continues_as_numpys():
         np.testing.assert_array_equal(kept, reference.random(big.shape, dtype=np.float32) < 0.75)
 
 
-def test_a_part_failing_on_the_calling_thread_waits_for_the_others():
+def test_a_part_failing_on_the_calling_thread_waits_for_the_others(monkeypatch):
+    monkeypatch.setenv("MNISTGUI_THREADS", "2")
     finished = []
 
     def work(start, stop):
@@ -188,4 +224,4 @@ def test_a_part_failing_on_the_calling_thread_waits_for_the_others():
 
     with pytest.raises(ValueError, match="last part"):
         ops._kernel_threads.run(work, 64, blas=False)
-    assert finished == ([0] if ops.kernel_threads() >= 2 else [])  # the first part had finished
+    assert finished == [0]  # the other part had finished before the error came out

@@ -10,10 +10,12 @@ a large batch over the kernel threads (see ops.py).
 
 The arithmetic is PyTensor's own, operation for operation: relu(x) is maximum(x, 0) (NaN stays NaN, -0
 stays -0), the output (scale * relu(x)) * keep, and the gradient ((scale * [x >= 0]) * g) * keep, where
-scale = float32(1 / retain) as in `layers.dropout`. So a run's history is the unfused graph's bit for bit
-where the scale is exact (dropout 0.2 and 0.5, the notebook's, and any power of two); otherwise a unit may
-differ in its last bit, since PyTensor's C loop multiplied by the constant's printed decimal in double
-precision (the Numba and JAX backends, like this Op, in float32).
+scale = float32(1 / retain) as in `layers.dropout`, and a unit is kept where its draw u < retain in double
+precision, as the unfused graph compared (`kept_threshold`: the same units on every backend). So a run's
+history is the unfused graph's bit for bit where the scale is exact (dropout 0.2 and 0.5, the notebook's,
+and any power of two); otherwise a kept unit may differ in its last bit, since PyTensor's C loop
+multiplied by the constant's printed decimal in double precision (this Op, like the Numba and JAX
+backends, in float32).
 """
 
 from __future__ import annotations
@@ -34,30 +36,40 @@ PARALLEL_MIN_UNITS = 1 << 18
 _PASSES_GRADIENT, _KEPT = 1, 2
 
 
+# The products in double precision, rounded once to the layer's type on the store, as PyTensor's C
+# loop computes them (its constants are double literals): the same float32 for every finite product,
+# and a dropped unit whose scaled value would overflow float32 is 0, not inf * 0.
 @numba.njit(cache=_CACHE, nogil=True)
-def _relu_dropout_kernel(x, u, retain, scale, y, code):
-    zero, one = x.dtype.type(0), x.dtype.type(1)
+def _relu_dropout_kernel(x, u, threshold, scale, y, code):
+    zero = x.dtype.type(0)
     for i in range(x.size):
         v = x[i]
         relu = zero if zero > v else v  # PyTensor's maximum(v, 0): NaN and -0 pass through
-        kept = u[i] < retain
-        y[i] = (scale * relu) * (one if kept else zero)
+        kept = u[i] <= threshold
+        y[i] = (scale * np.float64(relu)) * (1.0 if kept else 0.0)
         code[i] = (_KEPT if kept else 0) | (_PASSES_GRADIENT if v >= zero else 0)
 
 
 @numba.njit(cache=_CACHE, nogil=True)
 def _relu_dropout_grad_kernel(g, code, scale, gx):
-    zero, one = gx.dtype.type(0), gx.dtype.type(1)
     for i in range(g.size):
         c = code[i]
-        passes = one if c & _PASSES_GRADIENT else zero
-        kept = one if c & _KEPT else zero
-        gx[i] = ((scale * passes) * g[i]) * kept
+        passes = 1.0 if c & _PASSES_GRADIENT else 0.0
+        kept = 1.0 if c & _KEPT else 0.0
+        gx[i] = ((scale * passes) * np.float64(g[i])) * kept
 
 
-def _scale(dtype, retain: float):
-    """1 / retain as `layers.dropout` writes it: a float32 constant, in the layer's precision."""
-    return np.dtype(dtype).type(np.float32(1.0 / retain))
+def kept_threshold(retain: float) -> np.float32:
+    """The largest float32 below retain: a float32 draw u is kept where u <= this, which is exactly
+    where u < retain in double precision (the unfused graph's comparison, a float64 constant), on every
+    backend, JAX's float32 included."""
+    threshold = np.float32(retain)
+    return threshold if float(threshold) < retain else np.nextafter(threshold, np.float32(0))
+
+
+def _scale(retain: float) -> np.float64:
+    """1 / retain as `layers.dropout` writes it, a float32 constant, for the kernels' double arithmetic."""
+    return np.float64(np.float32(1.0 / retain))
 
 
 def _flat(a):
@@ -73,13 +85,16 @@ def _in_parts(work, rows: int, units: int) -> None:
 
 
 def relu_dropout_numpy(x, u, retain: float):
-    """The kernels' contract, for tests: (y, code) from x and the draws u."""
+    """(y, code) from x and the draws u: the c backend's perform."""
     x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
+    if u.shape != x.shape:
+        raise ValueError(f"ReluDropout: draws of shape {u.shape} for units of shape {x.shape}")
+    threshold = kept_threshold(retain)
     y, code = np.empty_like(x), np.empty(x.shape, np.uint8)
-    scale = _scale(x.dtype, retain)
+    scale = _scale(retain)
 
     def part(start, stop):
-        _relu_dropout_kernel(_flat(x[start:stop]), _flat(u[start:stop]), retain, scale, _flat(y[start:stop]),
+        _relu_dropout_kernel(_flat(x[start:stop]), _flat(u[start:stop]), threshold, scale, _flat(y[start:stop]),
                              _flat(code[start:stop]))
 
     _in_parts(part, len(x), x.size)
@@ -88,8 +103,10 @@ def relu_dropout_numpy(x, u, retain: float):
 
 def relu_dropout_grad_numpy(g, code, retain: float):
     g, code = np.ascontiguousarray(g), np.ascontiguousarray(code)
+    if code.shape != g.shape:
+        raise ValueError(f"ReluDropoutGrad: codes of shape {code.shape} for a gradient of shape {g.shape}")
     gx = np.empty_like(g)
-    scale = _scale(g.dtype, retain)
+    scale = _scale(retain)
 
     def part(start, stop):
         _relu_dropout_grad_kernel(_flat(g[start:stop]), _flat(code[start:stop]), scale, _flat(gx[start:stop]))
@@ -139,6 +156,8 @@ class ReluDropoutGrad(Op):
 
     def make_node(self, g, code):
         g, code = pt.as_tensor_variable(g), pt.as_tensor_variable(code)
+        if code.dtype != "uint8" or code.ndim != g.ndim:
+            raise TypeError("ReluDropoutGrad takes a gradient and ReluDropout's uint8 codes of its shape")
         return Apply(self, [g, code], [g.type()])
 
     def perform(self, node, inputs, output_storage):
@@ -160,8 +179,8 @@ def _compile_kernels(dtype) -> None:
     """The two kernels with the types a training step passes them (flat views of C-contiguous arrays)."""
     x = np.zeros(2, dtype)
     code = np.zeros(2, np.uint8)
-    _relu_dropout_kernel(x, np.zeros(2, np.float32), 0.5, dtype.type(2), np.empty_like(x), code)
-    _relu_dropout_grad_kernel(x, code, dtype.type(2), np.empty_like(x))
+    _relu_dropout_kernel(x, np.zeros(2, np.float32), kept_threshold(0.5), _scale(0.5), np.empty_like(x), code)
+    _relu_dropout_grad_kernel(x, code, _scale(0.5), np.empty_like(x))
 
 
 def start_kernel_compilation(dtype="float32"):
@@ -178,16 +197,18 @@ def register_numba() -> None:
 
     @register_funcify_default_op_cache_key(ReluDropout)
     def numba_funcify_relu_dropout(op, node, **kwargs):
-        retain = op.retain
+        threshold = kept_threshold(op.retain)
         dtype = np.dtype(node.outputs[0].dtype)
-        scale = _scale(dtype, retain)
+        scale = _scale(op.retain)
 
         @numba_basic.numba_njit
         def relu_dropout_nb(x, u):
             x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
+            if u.shape != x.shape:
+                raise ValueError("ReluDropout: draws and units of different shapes")
             y = np.empty(x.shape, dtype=dtype)
             code = np.empty(x.shape, dtype=np.uint8)
-            _relu_dropout_kernel(x.reshape(-1), u.reshape(-1), retain, scale, y.reshape(-1), code.reshape(-1))
+            _relu_dropout_kernel(x.reshape(-1), u.reshape(-1), threshold, scale, y.reshape(-1), code.reshape(-1))
             return y, code
 
         return relu_dropout_nb, ops._NUMBA_KERNEL_VERSION
@@ -195,11 +216,13 @@ def register_numba() -> None:
     @register_funcify_default_op_cache_key(ReluDropoutGrad)
     def numba_funcify_relu_dropout_grad(op, node, **kwargs):
         dtype = np.dtype(node.outputs[0].dtype)
-        scale = _scale(dtype, op.retain)
+        scale = _scale(op.retain)
 
         @numba_basic.numba_njit
         def relu_dropout_grad_nb(g, code):
             g, code = np.ascontiguousarray(g), np.ascontiguousarray(code)
+            if code.shape != g.shape:
+                raise ValueError("ReluDropoutGrad: codes and gradient of different shapes")
             gx = np.empty(g.shape, dtype=dtype)
             _relu_dropout_grad_kernel(g.reshape(-1), code.reshape(-1), scale, gx.reshape(-1))
             return gx
@@ -213,12 +236,12 @@ def register_jax() -> None:
 
     @jax_funcify.register(ReluDropout)
     def jax_funcify_relu_dropout(op, node, **kwargs):
-        retain = op.retain
+        threshold = kept_threshold(op.retain)
         dtype = node.outputs[0].dtype
 
         def relu_dropout_jax(x, u):
-            scale = jnp.asarray(_scale(dtype, retain))
-            kept = u < retain
+            scale = jnp.asarray(_scale(op.retain), dtype=dtype)  # float32: JAX keeps to it
+            kept = u <= jnp.asarray(threshold, dtype=u.dtype)
             y = (scale * jnp.maximum(x, 0)) * kept.astype(dtype)
             code = jnp.where(kept, _KEPT, 0) | jnp.where(x >= 0, _PASSES_GRADIENT, 0)
             return y, code.astype(jnp.uint8)
@@ -230,7 +253,7 @@ def register_jax() -> None:
         dtype = node.outputs[0].dtype
 
         def relu_dropout_grad_jax(g, code):
-            scale = jnp.asarray(_scale(dtype, op.retain))
+            scale = jnp.asarray(_scale(op.retain), dtype=dtype)
             passes = ((code & _PASSES_GRADIENT) != 0).astype(dtype)
             kept = ((code & _KEPT) != 0).astype(dtype)
             return ((scale * passes) * g) * kept

@@ -64,6 +64,11 @@ def uniform_float32(rng: np.random.Generator, size) -> np.ndarray:
     bit_generator = rng.bit_generator
     if count < PARALLEL_MIN_DRAWS or type(bit_generator) is not np.random.PCG64 or kernel_threads() < 2:
         return rng.random(size=size, dtype=np.float32)
+    with bit_generator.lock:  # as rng.random holds it: two graphs drawing from one generator at once
+        return _uniform_float32_in_parts(bit_generator, rng, size, count)
+
+
+def _uniform_float32_in_parts(bit_generator, rng, size, count):
     state = bit_generator.state
     if state["has_uint32"]:  # a half left over from an odd draw before: the halves no longer line up
         return rng.random(size=size, dtype=np.float32)
@@ -131,7 +136,8 @@ def dropout(x, p: float, rng: RngChain | None):
     retain = 1.0 - p
     draws = rng.uniform(x.shape)
     relu_input = getattr(x.tag, "relu_of", None)
-    if relu_input is not None:
+    # The tag travels with clones of x: fuse only where x is still that input's ReLU.
+    if relu_input is not None and x.owner is not None and x.owner.inputs[0] is relu_input:
         return relu_dropout(relu_input, draws, retain)
     mask = pt.lt(draws, retain)
     return x * pt.cast(mask, x.dtype) * np.float32(1.0 / retain)

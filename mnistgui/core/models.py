@@ -161,15 +161,15 @@ def convnet(X, p: ParameterSource, c: Config, drop: Dropout):
         # monotone and the bias is one number a channel), with the elementwise work on a quarter of
         # the pixels; the gradient differs only where a window holds two equal maxima.
         pooled = max_pool_2d_nhwc(pre)
-        pooled = pooled if bias is None else pooled + bias
-        h = act(pooled)
+        pooled_pre = pooled if bias is None else pooled + bias
+        h = act(pooled_pre)
         layers[f"pool{index}"] = h.dimshuffle(0, 3, 1, 2)
         side = side + 2 if mode == "full" else side - 2
         channels, side = filters, (side + 1) // 2
         if index == len(c.conv_filters):
             # Flatten channels-first, so w4 means what it did in Theano; the activation after the
             # flattening (the same values), so that a ReLU and the dropout after it are one Op.
-            h = act(pt.flatten(pooled.dimshuffle(0, 3, 1, 2), ndim=2))
+            h = act(pt.flatten(pooled_pre.dimshuffle(0, 3, 1, 2), ndim=2))
         h = drop(h, c.conv_dropout)
     suffix = str(len(c.conv_filters) + 1)
     units = c.hidden_sizes[0]

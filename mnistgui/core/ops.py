@@ -131,7 +131,7 @@ def _corr_direct_into(x, weights, kh, kw, out):
 def _corr_3x3_one_channel_into(x, weights, out):
     """`_corr_direct_into` for the notebook's first layer (3x3 filters on one channel): a pixel's nine
     inputs held in registers and each output written once, where the general loop adds into `out` nine
-    times (2.8 to 1.2 ms for a batch of 128 on two cores). The same sum in the same order, from the same
+    times (a batch of 128 on two cores: 2.8 to 1.2 ms alone, 2.75 to 1.4 ms inside a training step). The same sum in the same order, from the same
     zero, so the same bits."""
     f = weights.shape[1]
     zero = out.dtype.type(0)
