@@ -117,13 +117,13 @@ def test_the_draws_get_no_gradient_and_the_codes_carry_none():
 
 
 def test_mismatched_draws_or_codes_are_a_clear_error():
-    from mnistgui.core.dropout_ops import relu_dropout_grad_numpy, relu_dropout_numpy
+    from mnistgui.core.dropout_ops import relu_dropout_backward, relu_dropout_forward
 
     x = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="draws of shape"):
-        relu_dropout_numpy(x, np.ones((4, 2), np.float32), 0.5)
+        relu_dropout_forward(x, np.ones((4, 2), np.float32), 0.5)
     with pytest.raises(ValueError, match="codes of shape"):
-        relu_dropout_grad_numpy(x, np.ones((3, 3), np.uint8), 0.5)
+        relu_dropout_backward(x, np.ones((3, 3), np.uint8), 0.5)
     with pytest.raises(TypeError, match="uint8 codes"):
         ReluDropoutGrad(0.5)(pt.matrix(), pt.matrix())
 

@@ -84,7 +84,7 @@ def _in_parts(work, rows: int, units: int) -> None:
         work(0, rows)
 
 
-def relu_dropout_numpy(x, u, retain: float):
+def relu_dropout_forward(x, u, retain: float):
     """(y, code) from x and the draws u: the c backend's perform."""
     x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
     if u.shape != x.shape:
@@ -101,7 +101,7 @@ def relu_dropout_numpy(x, u, retain: float):
     return y, code
 
 
-def relu_dropout_grad_numpy(g, code, retain: float):
+def relu_dropout_backward(g, code, retain: float):
     g, code = np.ascontiguousarray(g), np.ascontiguousarray(code)
     if code.shape != g.shape:
         raise ValueError(f"ReluDropoutGrad: codes of shape {code.shape} for a gradient of shape {g.shape}")
@@ -115,13 +115,15 @@ def relu_dropout_grad_numpy(g, code, retain: float):
     return gx
 
 
-class ReluDropout(Op):
-    """(relu(x) * keep / retain, code) for uniform draws u, keep = u < retain."""
-
+class _KeepRateOp(Op):
     __props__ = ("retain",)
 
     def __init__(self, retain: float):
         self.retain = float(retain)
+
+
+class ReluDropout(_KeepRateOp):
+    """(relu(x) * keep / retain, code) for uniform draws u, keep = u < retain."""
 
     def make_node(self, x, u):
         x, u = pt.as_tensor_variable(x), pt.as_tensor_variable(u)
@@ -131,7 +133,7 @@ class ReluDropout(Op):
 
     def perform(self, node, inputs, output_storage):
         x, u = inputs
-        y, code = relu_dropout_numpy(x, u, self.retain)
+        y, code = relu_dropout_forward(x, u, self.retain)
         output_storage[0][0], output_storage[1][0] = y, code
 
     def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
@@ -148,11 +150,8 @@ class ReluDropout(Op):
         return [ReluDropoutGrad(self.retain)(g, outputs[1]), disconnected_type()]
 
 
-class ReluDropoutGrad(Op):
-    __props__ = ("retain",)
-
-    def __init__(self, retain: float):
-        self.retain = float(retain)
+class ReluDropoutGrad(_KeepRateOp):
+    """The gradient through `ReluDropout`, from the output's gradient and the forward pass's codes."""
 
     def make_node(self, g, code):
         g, code = pt.as_tensor_variable(g), pt.as_tensor_variable(code)
@@ -161,7 +160,7 @@ class ReluDropoutGrad(Op):
         return Apply(self, [g, code], [g.type()])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = relu_dropout_grad_numpy(*inputs, self.retain)
+        output_storage[0][0] = relu_dropout_backward(*inputs, self.retain)
 
     def infer_shape(self, *args):
         return [args[-1][0]]
