@@ -13,9 +13,9 @@ stays -0), the output (scale * relu(x)) * keep, and the gradient ((scale * [x >=
 scale = float32(1 / retain) as in `layers.dropout`, and a unit is kept where its draw u < retain in double
 precision, as the unfused graph compared (`kept_threshold`: the same units on every backend). So a run's
 history is the unfused graph's bit for bit where the scale is exact (dropout 0.2 and 0.5, the notebook's,
-and any power of two); otherwise a kept unit may differ in its last bit, since PyTensor's C loop
-multiplied by the constant's printed decimal in double precision (this Op, like the Numba and JAX
-backends, in float32).
+and any power of two). Otherwise a kept unit may differ in its last bit: PyTensor's C loop multiplies in
+double precision by the constant's printed decimal (1.1111112 for float32(1 / 0.9)), this Op by the
+float32 constant's own value (JAX in float32).
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def relu_dropout_forward(x, u, retain: float):
 
 
 def relu_dropout_backward(g, code, retain: float):
+    """The gradient with respect to x, from y's gradient and the forward pass's codes: the c backend's perform."""
     g, code = np.ascontiguousarray(g), np.ascontiguousarray(code)
     if code.shape != g.shape:
         raise ValueError(f"ReluDropoutGrad: codes of shape {code.shape} for a gradient of shape {g.shape}")
