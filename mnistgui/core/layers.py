@@ -64,7 +64,9 @@ def uniform_float32(rng: np.random.Generator, size) -> np.ndarray:
     bit_generator = rng.bit_generator
     if count < PARALLEL_MIN_DRAWS or type(bit_generator) is not np.random.PCG64 or kernel_threads() < 2:
         return rng.random(size=size, dtype=np.float32)
-    with bit_generator.lock:  # as rng.random holds it: two graphs drawing from one generator at once
+    # Held as rng.random holds it (two graphs drawing from one generator at once); an RLock, so the
+    # serial fallback inside takes it again.
+    with bit_generator.lock:
         return _uniform_float32_in_parts(bit_generator, rng, size, count)
 
 
