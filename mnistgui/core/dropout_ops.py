@@ -26,6 +26,7 @@ import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType, disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.graph.traversal import ancestors
 
 from . import ops
 from .ops import _CACHE
@@ -78,7 +79,7 @@ def _flat(a):
 
 def _in_parts(work, rows: int, units: int) -> None:
     """work(start, stop) over the rows: on the kernel threads for a large layer, else here."""
-    if units >= PARALLEL_MIN_UNITS and rows > 1:
+    if units >= PARALLEL_MIN_UNITS:
         ops._kernel_threads.run(work, rows, blas=False)
     else:
         work(0, rows)
@@ -168,6 +169,11 @@ class ReluDropoutGrad(_KeepRateOp):
 
     def connection_pattern(self, node):
         return [[True], [False]]
+
+
+def used_by(outputs) -> bool:
+    """Whether a graph computing `outputs` has a ReluDropout in it."""
+    return any(v.owner is not None and isinstance(v.owner.op, ReluDropout) for v in ancestors(outputs))
 
 
 def relu_dropout(x, u, retain: float):

@@ -389,7 +389,7 @@ class Trainer:
             softmax_ops.start_kernel_compilation()
             if model.config.model == "convnet":
                 start_kernel_compilation()
-            if model.config.activation == "relu" and max(model.config.hidden_dropout, model.config.conv_dropout) > 0:
+            if dropout_ops.used_by([model.cost]):
                 dropout_ops.start_kernel_compilation()
         # Data lives in shared variables and batches are slices by index: no per-step copies.
         self._images_shared = pytensor.shared(self.train_images, name="train_images", borrow=True)
