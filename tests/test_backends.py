@@ -231,3 +231,25 @@ def test_a_child_forked_while_another_thread_compiles_can_build_graphs():
     finally:
         release.set()
         thread.join(30)
+
+
+@pytest.mark.parametrize("name, backend_name", [("convnet", "c"), ("convnet", "numba"), ("mlp", "c"), ("mlp", "numba")])
+def test_kernel_cores_hold_blas_to_one_thread_where_the_kernels_split_the_batch(name, backend_name):
+    """The convnet's kernels run one part a core under c and Numba, each part calling BLAS: a run holds
+    every BLAS loaded (NumPy's, and SciPy's that Numba's products call) to one thread, and lets go after."""
+    from types import SimpleNamespace
+
+    from threadpoolctl import threadpool_info
+
+    from mnistgui.core import ops
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    ops.matmul_in_parts_nb(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), 1)  # SciPy's BLAS loaded
+    before = blas_threads()
+    model = SimpleNamespace(config=Config.for_model(name), backend=backend_name)
+    splits = name == "convnet" and (backend_name == "c" or ops.numba_kernel_threads() > 1)
+    with backend.kernel_cores(model):
+        assert set(blas_threads()) == ({1} if splits else set(before))
+    assert blas_threads() == before

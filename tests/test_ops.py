@@ -193,26 +193,76 @@ def test_kernels_in_parts_equal_one_part(monkeypatch, threads):
         np.testing.assert_array_equal(parted[3].transpose(0, 3, 1, 2), _reference_pool(pooled_in.transpose(0, 3, 1, 2)))
 
 
-def test_numba_kernels_in_blocks_equal_the_c_kernels():
-    """The nopython kernels cut a batch into the C kernels' blocks (and run a first layer as direct
-    loops): float32 results equal the C kernels' in float64, for one block, many blocks and a last
-    block that is short."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_numba_kernels_in_parts_equal_the_c_kernels(monkeypatch, threads):
+    """The nopython kernels cut a batch into the C kernels' parts (under `prange`) and blocks, and run a
+    first layer as direct loops: the float64 reference's results within float32 rounding, and the C
+    kernels' bits where no BLAS is involved (Numba's products call SciPy's OpenBLAS, the C kernels
+    NumPy's); for one block, many blocks, a short last block, three parts, a batch too small to split,
+    and pooling with ties and odd borders."""
     from mnistgui.core import ops
 
+    monkeypatch.setenv("MNISTGUI_THREADS", str(threads))
     rng = np.random.default_rng(11)
-    # (images, side, channels, filters): a direct first layer; blocks of 18 images over 37 images
-    # (a short last block); one block for all
-    for n, side, channels, filters in ((40, 12, 1, 8), (37, 14, 32, 16), (3, 9, 5, 6)):
+    # (images, side, channels, filters): a direct first layer; blocks of 18 images over 37 images (a short
+    # last block); three parts of 16-17 images with odd pooling borders; one block for all
+    for n, side, channels, filters in ((40, 12, 1, 8), (37, 14, 32, 16), (50, 9, 3, 4), (3, 9, 5, 6)):
         x = rng.standard_normal((n, side, side, channels))
         k = rng.standard_normal((filters, channels, 3, 3))
         g = rng.standard_normal((n, side - 2, side - 2, filters))
-        expected = (ops.corr2d_nhwc(x, k), ops.corr2d_weights_nhwc(x, g), ops.corr2d_input_grad_nhwc(g, k, side, side))
+        exact = (ops.corr2d_nhwc(x, k), ops.corr2d_weights_nhwc(x, g), ops.corr2d_input_grad_nhwc(g, k, side, side))
         x32, k32, g32 = (a.astype(np.float32) for a in (x, k, g))
-        got = (ops.corr2d_nb(x32, k32), ops.corr2d_weights_nb(x32, g32), ops.corr2d_input_grad_nb(g32, k32, side, side))
-        for value, reference in zip(got, expected):
+        c = (ops.corr2d_nhwc(x32, k32), ops.corr2d_weights_nhwc(x32, g32), ops.corr2d_input_grad_nhwc(g32, k32, side, side))
+        got = (ops.corr2d_nb(x32, k32, threads), ops.corr2d_weights_nb(x32, g32, threads),
+               ops.corr2d_input_grad_nb(g32, k32, side, side, threads))
+        for value, reference in zip(got, exact):
             assert value.dtype == np.float32 and value.shape == reference.shape
             np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+        if channels * 9 <= ops._DIRECT_PATCH:  # direct loops, no BLAS: the C kernels' parts, the same bits
+            np.testing.assert_array_equal(got[0], c[0])
+            np.testing.assert_array_equal(got[1], c[1])
+        pooled_in = rng.integers(-2, 3, size=g.shape).astype(np.float32)  # many ties
+        pool_grad = rng.standard_normal((n, (side - 1) // 2, (side - 1) // 2, filters)).astype(np.float32)
+        np.testing.assert_array_equal(ops.max_pool_nb(pooled_in, threads), ops.max_pool_nhwc(pooled_in))
+        gx = np.full(pooled_in.shape, np.nan, np.float32)  # every element must be written
+        ops.max_pool_grad_into_nb(pooled_in, pool_grad, gx, threads)
+        np.testing.assert_array_equal(gx, ops.max_pool_grad_nhwc(pooled_in, pool_grad))
     assert ops._block_images(12 * 12 * 9 * 32) == 18  # the second case really runs in blocks
+    a, b = rng.standard_normal((37, 20)).astype(np.float32), rng.standard_normal((20, 9)).astype(np.float32)
+    np.testing.assert_allclose(ops.matmul_in_parts_nb(a, b, threads), a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_numba_kernels_run_alone_in_a_child_forked_after_numba_threads_started():
+    """GNU OpenMP kills a forked child's first parallel launch: there the kernels take one part."""
+    import os
+    import time
+
+    from mnistgui.core import ops
+
+    if ops.numba_kernel_threads() == 1:
+        pytest.skip("Numba's kernels run on one thread here")
+    x = np.ones((64, 6, 6, 2), np.float32)
+    k = np.ones((3, 2, 3, 3), np.float32)
+    expected = ops.corr2d_nb(x, k, ops.numba_kernel_threads())  # starts Numba's threads in this process
+    pid = os.fork()
+    if pid == 0:
+        try:
+            threads = ops.numba_kernel_threads()
+            same = np.array_equal(ops.corr2d_nb(x, k, threads), expected)
+            os._exit(0 if same and (threads == 1 or ops._numba_layer["state"][0] != "omp") else 3)
+        except BaseException:
+            os._exit(4)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0  # not -15: GNU OpenMP's SIGTERM
 
 
 def test_pool_gradient_in_whole_and_border_windows_goes_to_first_maximum():
@@ -247,6 +297,31 @@ def test_single_threaded_blas_nests_and_restores():
             assert set(blas_threads()) == {1}
         assert set(blas_threads()) == {1}  # the outer holder still runs
     assert blas_threads() == before
+
+
+def test_single_threaded_blas_holds_a_blas_loaded_after_its_first_use():
+    """Numba's products call SciPy's OpenBLAS, which Numba loads when it first compiles one: a run's
+    hold on BLAS must find it, though the holder first looked before it was loaded."""
+    from threadpoolctl import ThreadpoolController, threadpool_info
+
+    from mnistgui.core import ops
+
+    ops.matmul_in_parts_nb(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), 1)  # SciPy's BLAS loaded
+    libraries = ThreadpoolController().select(user_api="blas")
+    if len(libraries.lib_controllers) < 2:
+        pytest.skip("Numba and NumPy share one BLAS here")
+    before = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    if max(before) == 1:
+        pytest.skip("BLAS runs on one thread here anyway")
+    stale = ThreadpoolController().select(filepath=libraries.lib_controllers[0].filepath)  # as if one were not loaded yet
+    saved = ops._kernel_threads._blas
+    ops._kernel_threads._blas = stale
+    try:
+        with ops.single_threaded_blas():
+            assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == {1}
+    finally:
+        ops._kernel_threads._blas = saved
+    assert [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"] == before
 
 
 def test_matmul_in_parts_equals_matmul_with_correct_gradients(monkeypatch):

@@ -152,6 +152,7 @@ class Attacker:
 
     # --- the model on float pixels -----------------------------------------------------------------
 
+    @backend.on_kernel_cores
     def probs(self, images: np.ndarray, chunk: int = ATTACK_CHUNK) -> np.ndarray:
         """Class probabilities (n, 10) of float or uint8 images."""
         pixels = as_pixels(images)
@@ -163,6 +164,7 @@ class Attacker:
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.argmax(self.probs(images), axis=1)
 
+    @backend.on_kernel_cores
     def loss_gradient(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """d cross-entropy(image, class) / d pixels, per image, and the logits."""
         pixels = as_pixels(images)
@@ -180,6 +182,7 @@ class Attacker:
             raise AttackError(f"target classes must be in 0..{N_CLASSES - 1}")
         return chosen, np.float32(-1.0)
 
+    @backend.on_kernel_cores
     def fgsm(self, images, labels, eps: float, target=None) -> np.ndarray:
         """One signed gradient step of size eps (Goodfellow et al. 2015), projected into [0, 1]."""
         check_budget(eps)
@@ -194,6 +197,7 @@ class Attacker:
             out[part] = project(x[part] + direction * np.float32(eps) * np.sign(gradient), x[part], eps)
         return out
 
+    @backend.on_kernel_cores
     def pgd(self, images, labels, eps: float, steps: int = 20, step_size: float | None = None,
             random_start: bool = True, rng: np.random.Generator | None = None, target=None) -> np.ndarray:
         """Projected gradient descent in the eps-box (Madry et al. 2018).
@@ -245,6 +249,7 @@ class Attacker:
             return self.pgd(images, labels, eps, steps, step_size, random_start, rng, target)
         raise AttackError(f"unknown attack {method!r}; choose one of {', '.join(METHODS)}")
 
+    @backend.on_kernel_cores
     def accuracy_under_attack(
         self, images, labels, eps_values: Sequence[float], method: str = "fgsm", steps: int = 20,
         step_size: float | None = None, random_start: bool = True, rng: np.random.Generator | None = None,

@@ -25,6 +25,8 @@ keeps them so, and the trainer feeds JAX whole batches instead of slicing by a t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import threading
@@ -312,3 +314,23 @@ def compile_mode(backend: str) -> Mode:
         cvm = Mode(linker=parallel_build.ParallelBuildVMLinker(use_cloop=True, c_thunks=True),
                    optimizer=cvm.provided_optimizer)
     return c_rewrites.register_c_rewrites(cvm.excluding("BlasOpt", "symbolic_op_recognition"))
+
+
+def kernel_cores(model):
+    """A context for running `model`'s compiled functions: where the convnet's kernels split each batch
+    over the cores themselves (the C backend's threads, Numba's under `prange`), BLAS keeps to one thread
+    meanwhile, else each part's products would start BLAS threads of their own. JAX's kernels do not split."""
+    name = getattr(model, "backend", None)
+    splits = model.config.model == "convnet" and (name == "c" or (name == "numba" and ops.numba_kernel_threads() > 1))
+    return ops.single_threaded_blas() if splits else contextlib.nullcontext()
+
+
+def on_kernel_cores(method):
+    """Run a method of an object with a `model` attribute under `kernel_cores(self.model)`."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with kernel_cores(self.model):
+            return method(self, *args, **kwargs)
+
+    return wrapper

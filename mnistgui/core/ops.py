@@ -15,7 +15,8 @@ plus matrix products (what Theano's CorrMM did). Its two gradients are `Corr2dIn
 products, then col2im) and `Corr2dWeights` (im2col, then matrix products). Each splits its batch
 into one part a core, run on threads of its own while BLAS keeps to one thread, and each part into
 blocks whose patches stay in cache; a first layer's patches of one channel skip the matrix product
-for direct loops. Filters stay (filters, channels, rows, cols), as in Theano and in the model files.
+for direct loops. Under the Numba backend the same parts run under `prange` on Numba's threads.
+Filters stay (filters, channels, rows, cols), as in Theano and in the model files.
 """
 
 from __future__ import annotations
@@ -177,6 +178,51 @@ def kernel_threads() -> int:
     return max(1, min(usable, 8))
 
 
+# Under the Numba backend, Numba's own threads run the kernels' parts (`prange`), where its threading
+# layer lets two threads launch parts at once (OpenMP or TBB: the window trains on one thread while
+# another compiles or predicts). Its fallback, the workqueue, aborts the process on concurrent launches,
+# so there the kernels run on the calling thread alone; so they do in a child forked after OpenMP
+# started (GNU OpenMP, in Numba's Linux wheels, kills such a child at its first parallel launch). OpenMP's
+# idle threads spin a while before they sleep, so handing them a part is quick even where idle vCPUs
+# halt (a round trip through a Python thread pool took 0.1 ms on the reference machine).
+_SAFE_LAYERS = ("omp", "tbb")
+_numba_layer: dict[str, tuple[str, bool]] = {}  # "state": (threading layer, whether its threads may run parts)
+_numba_layer_lock = threading.Lock()
+
+
+def numba_kernel_threads() -> int:
+    """The parts the Numba kernels cut a batch into: `kernel_threads()`, or 1 where Numba's threads cannot
+    run them safely (above). The first call starts Numba's threads."""
+    threads = kernel_threads()
+    if threads == 1:
+        return 1
+    state = _numba_layer.get("state")
+    if state is None:
+        with _numba_layer_lock:
+            state = _numba_layer.get("state")
+            if state is None:
+                numba.get_num_threads()  # starts the threading layer, whichever loads
+                layer = numba.threading_layer()
+                state = _numba_layer["state"] = (layer, layer in _SAFE_LAYERS)
+    return threads if state[1] else 1
+
+
+def _numba_threads_after_fork_in_child() -> None:
+    """A child forked after Numba's threads started (by a kernel, or by compiling one) runs its kernels
+    alone where those threads are OpenMP's."""
+    global _numba_layer_lock
+    _numba_layer_lock = threading.Lock()
+    from numba.np.ufunc import parallel
+
+    if getattr(parallel, "_is_initialized", True):
+        layer = numba.threading_layer()
+        _numba_layer["state"] = (layer, layer == "tbb")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_numba_threads_after_fork_in_child)
+
+
 class _KernelThreads:
     """A process-wide pool for the kernels' parts, remade after a fork (a forked child has none of its
     threads), and BLAS held to one thread while any part runs (a count, so that two training threads
@@ -206,10 +252,12 @@ class _KernelThreads:
             return self._executor
 
     @contextlib.contextmanager
-    def single_threaded_blas(self):
+    def single_threaded_blas(self, rescan: bool = False):
+        """`rescan`: look for BLAS libraries loaded since the last look (0.4 ms). Numba's products call
+        SciPy's OpenBLAS, a library of its own that Numba loads when it first compiles one."""
         with self._lock:
             if self._single == 0:
-                if self._blas is None:
+                if self._blas is None or rescan:
                     from threadpoolctl import ThreadpoolController
 
                     self._blas = ThreadpoolController()
@@ -251,7 +299,7 @@ def single_threaded_blas():
     themselves. Hold it around a whole run of convnet steps: switching BLAS back each call wakes
     OpenBLAS's threads, which then spin on the cores the next kernel needs (measured on 2 cores: 5.7 s
     against 4.1 s an epoch of 6,400 images)."""
-    return _kernel_threads.single_threaded_blas()
+    return _kernel_threads.single_threaded_blas(rescan=True)
 
 
 def corr2d_nhwc(x: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -764,76 +812,218 @@ def _filters_as_matrix_nb(k):
     return np.ascontiguousarray(k.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
 
 
-# The same blocks as the C backend's kernels, on one thread: a block's patches stay in cache between
-# im2col and its product, and a first layer of a few values a patch runs as direct loops.
+# The C backend's parts and blocks, on Numba's threads: each kernel cuts its batch into the parts the C
+# kernels would for `threads` (the Ops pass `numba_kernel_threads()`, read when the graph is compiled) and
+# runs them under `prange`, each part in blocks whose patches stay in cache between im2col and the
+# product, with BLAS on one thread meanwhile (`backend.kernel_cores`). A part runs what the C
+# backend's part runs, so a filter gradient, summed over the parts in order, is the same sum. One part
+# (a small batch, or one thread) runs on the calling thread, with no parallel launch.
+
+
 @numba.njit(cache=_CACHE, nogil=True)
-def corr2d_nb(x, k):
-    """`corr2d_nhwc` in nopython mode; x and k of one float dtype."""
+def _parts_nb(n, threads):
+    return max(1, min(threads, n // _BLOCK))
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _bounds_nb(n, parts, part):
+    return n * part // parts, n * (part + 1) // parts
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _corr_part_nb(x, weights, kh, kw, out, start, stop):
     n, h, w, c = x.shape
-    f, _, kh, kw = k.shape
-    rows, cols = h - kh + 1, w - kw + 1
-    weights = _filters_as_matrix_nb(k)
-    out = np.empty((n, rows, cols, f), dtype=x.dtype)
+    rows, cols, f = out.shape[1], out.shape[2], out.shape[3]
     if kh * kw * c <= _DIRECT_PATCH:
-        _corr_direct_into(x, weights, kh, kw, out)
-        return out
+        _corr_direct_into(x[start:stop], weights, kh, kw, out[start:stop])
+        return
     flat = out.reshape(n * rows * cols, f)
     block = _block_images(rows * cols * kh * kw * c)
-    patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
-    for first in range(0, n, block):
-        last = min(first + block, n)
+    patches = np.empty((min(block, stop - start) * rows * cols, kh * kw * c), dtype=x.dtype)
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
         m = (last - first) * rows * cols
         _im2col_into(x[first:last], kh, kw, patches[:m])
         np.dot(patches[:m], weights, flat[first * rows * cols : first * rows * cols + m])
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _corr_parts_nb(x, weights, kh, kw, out, parts):
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(x.shape[0], parts, part)
+        _corr_part_nb(x, weights, kh, kw, out, start, stop)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_nb(x, k, threads):
+    """`corr2d_nhwc` in nopython mode, in parts for `threads`; x and k of one float dtype."""
+    x = np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    f, _, kh, kw = k.shape
+    weights = _filters_as_matrix_nb(k)
+    out = np.empty((n, h - kh + 1, w - kw + 1, f), dtype=x.dtype)
+    parts = _parts_nb(n, threads)
+    if parts == 1:
+        _corr_part_nb(x, weights, kh, kw, out, 0, n)
+    else:
+        _corr_parts_nb(x, weights, kh, kw, out, parts)
     return out
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def corr2d_weights_nb(x, g):
+def _corr_weights_part_nb(x, g, kh, kw, start, stop, total):
+    """total (F, kh * kw * C) = the filter gradient of images [start, stop)."""
+    n, h, w, c = x.shape
+    _, rows, cols, f = g.shape
+    if kh * kw * c <= _DIRECT_PATCH:
+        total[:] = _corr_weights_direct(x[start:stop], g[start:stop], kh, kw).T
+        return
+    g_flat = g.reshape(n * rows * cols, f)
+    block = _block_images(rows * cols * kh * kw * c)
+    patches = np.empty((min(block, stop - start) * rows * cols, kh * kw * c), dtype=x.dtype)
+    product = np.empty_like(total)
+    total[:] = 0
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
+        m = (last - first) * rows * cols
+        _im2col_into(x[first:last], kh, kw, patches[:m])
+        np.dot(g_flat[first * rows * cols : first * rows * cols + m].T, patches[:m], product)
+        total += product
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _corr_weights_parts_nb(x, g, kh, kw, totals):
+    parts = totals.shape[0]
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(x.shape[0], parts, part)
+        _corr_weights_part_nb(x, g, kh, kw, start, stop, totals[part])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_weights_nb(x, g, threads):
     """`corr2d_weights_nhwc` in nopython mode."""
+    x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
     n, h, w, c = x.shape
     _, rows, cols, f = g.shape
     kh, kw = h - rows + 1, w - cols + 1
-    g = np.ascontiguousarray(g)
-    if kh * kw * c <= _DIRECT_PATCH:
-        dk = np.ascontiguousarray(_corr_weights_direct(x, g, kh, kw).T)
+    parts = _parts_nb(n, threads)
+    totals = np.empty((parts, f, kh * kw * c), dtype=x.dtype)
+    if parts == 1:
+        _corr_weights_part_nb(x, g, kh, kw, 0, n, totals[0])
     else:
-        g_flat = g.reshape(n * rows * cols, f)
-        block = _block_images(rows * cols * kh * kw * c)
-        patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=x.dtype)
-        dk = np.zeros((f, kh * kw * c), dtype=x.dtype)
-        product = np.empty_like(dk)
-        for first in range(0, n, block):
-            last = min(first + block, n)
-            m = (last - first) * rows * cols
-            _im2col_into(x[first:last], kh, kw, patches[:m])
-            np.dot(np.ascontiguousarray(g_flat[first * rows * cols : first * rows * cols + m].T), patches[:m], product)
-            dk += product
+        _corr_weights_parts_nb(x, g, kh, kw, totals)
+    dk = totals[0].copy()
+    for part in range(1, parts):
+        dk += totals[part]
     return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def corr2d_input_grad_nb(g, k, h, w):
-    """`corr2d_input_grad_nhwc` in nopython mode: a block's patch gradients by one product, then col2im."""
+def _corr_input_grad_part_nb(g, weights_t, dx, start, stop):
     n, rows, cols, f = g.shape
-    _, c, kh, kw = k.shape
-    weights_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
-    g_flat = np.ascontiguousarray(g).reshape(n * rows * cols, f)
-    dx = np.empty((n, h, w, c), dtype=g.dtype)
+    _, h, w, c = dx.shape
+    kh, kw = h - rows + 1, w - cols + 1
+    g_flat = g.reshape(n * rows * cols, f)
     block = _block_images(rows * cols * kh * kw * c)
-    patches = np.empty((min(block, n) * rows * cols, kh * kw * c), dtype=g.dtype)
-    for first in range(0, n, block):
-        last = min(first + block, n)
+    patches = np.empty((min(block, stop - start) * rows * cols, kh * kw * c), dtype=g.dtype)
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
         m = (last - first) * rows * cols
         np.dot(g_flat[first * rows * cols : first * rows * cols + m], weights_t, patches[:m])
         _col2im_into(patches[:m], kh, kw, dx[first:last])
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _corr_input_grad_parts_nb(g, weights_t, dx, parts):
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(g.shape[0], parts, part)
+        _corr_input_grad_part_nb(g, weights_t, dx, start, stop)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def corr2d_input_grad_nb(g, k, h, w, threads):
+    """`corr2d_input_grad_nhwc` in nopython mode: a block's patch gradients by one product, then col2im."""
+    g = np.ascontiguousarray(g)
+    n, rows, cols, f = g.shape
+    _, c, kh, kw = k.shape
+    weights_t = np.ascontiguousarray(_filters_as_matrix_nb(k).T)
+    dx = np.empty((n, h, w, c), dtype=g.dtype)
+    parts = _parts_nb(n, threads)
+    if parts == 1:
+        _corr_input_grad_part_nb(g, weights_t, dx, 0, n)
+    else:
+        _corr_input_grad_parts_nb(g, weights_t, dx, parts)
     return dx
 
 
-_NUMBA_KERNEL_VERSION = 5  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _max_pool_parts_nb(x, out, parts):
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(x.shape[0], parts, part)
+        _max_pool_kernel(x[start:stop], out[start:stop])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def max_pool_nb(x, threads):
+    """`max_pool_nhwc` in nopython mode."""
+    x = np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    out = np.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
+    parts = _parts_nb(n, threads)
+    if parts == 1:
+        _max_pool_kernel(x, out)
+    else:
+        _max_pool_parts_nb(x, out, parts)
+    return out
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _max_pool_grad_parts_nb(x, gz, gx, parts):
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(x.shape[0], parts, part)
+        _max_pool_grad_kernel(x[start:stop], gz[start:stop], gx[start:stop])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def max_pool_grad_into_nb(x, gz, gx, threads):
+    """`max_pool_grad_nhwc` in nopython mode, into gx (every element written)."""
+    x, gz = np.ascontiguousarray(x), np.ascontiguousarray(gz)
+    parts = _parts_nb(x.shape[0], threads)
+    if parts == 1:
+        _max_pool_grad_kernel(x, gz, gx)
+    else:
+        _max_pool_grad_parts_nb(x, gz, gx, parts)
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def _matmul_parts_nb(a, b, out, parts):
+    for part in numba.prange(parts):
+        start, stop = _bounds_nb(a.shape[0], parts, part)
+        np.dot(a[start:stop], b, out[start:stop])
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def matmul_in_parts_nb(a, b, threads):
+    """`matmul_in_parts_numpy` in nopython mode."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    parts = _parts_nb(a.shape[0], threads)
+    if parts == 1:
+        return np.dot(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    _matmul_parts_nb(a, b, out, parts)
+    return out
+
+
+_NUMBA_KERNEL_VERSION = 6  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+
+
+def _numba_cache_salt(threads: int) -> int:
+    """PyTensor's Numba cache key for an Op whose kernels cut batches for `threads` (1-8)."""
+    return _NUMBA_KERNEL_VERSION * 16 + threads
 
 
 def _register_numba() -> None:
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls: loaded now, so a hold on BLAS finds it)
     from pytensor.link.numba.dispatch import basic as numba_basic
     from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
@@ -846,66 +1036,69 @@ def _register_numba() -> None:
 
     @register_funcify_default_op_cache_key(Corr2dValid)
     def numba_funcify_corr2d_valid(op, node, **kwargs):
+        threads = numba_kernel_threads()
         cast_x, cast_k = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit
         def corr2d_valid_nb(x, k):
-            return corr2d_nb(cast_x(x), cast_k(k))
+            return corr2d_nb(cast_x(x), cast_k(k), threads)
 
-        return corr2d_valid_nb, _NUMBA_KERNEL_VERSION
+        return corr2d_valid_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(Corr2dWeights)
     def numba_funcify_corr2d_weights(op, node, **kwargs):
+        threads = numba_kernel_threads()
         cast_x, cast_g = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit
         def corr2d_weights_op_nb(x, g):
-            return corr2d_weights_nb(cast_x(x), cast_g(g))
+            return corr2d_weights_nb(cast_x(x), cast_g(g), threads)
 
-        return corr2d_weights_op_nb, _NUMBA_KERNEL_VERSION
+        return corr2d_weights_op_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(Corr2dInputGrad)
     def numba_funcify_corr2d_input_grad(op, node, **kwargs):
+        threads = numba_kernel_threads()
         cast_g, cast_k = caster(node, 1), caster(node, 2)
 
         @numba_basic.numba_njit
         def corr2d_input_grad_op_nb(x, g, k):
-            return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2])
+            return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2], threads)
 
-        return corr2d_input_grad_op_nb, _NUMBA_KERNEL_VERSION
+        return corr2d_input_grad_op_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(MaxPool2x2)
     def numba_funcify_max_pool(op, node, **kwargs):
+        threads = numba_kernel_threads()
         @numba_basic.numba_njit
-        def max_pool_nb(x):
-            n, h, w, c = x.shape
-            out = np.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
-            _max_pool_kernel(x, out)
-            return out
+        def max_pool_op_nb(x):
+            return max_pool_nb(x, threads)
 
-        return max_pool_nb, _NUMBA_KERNEL_VERSION
+        return max_pool_op_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(MaxPool2x2Grad)
     def numba_funcify_max_pool_grad(op, node, **kwargs):
+        threads = numba_kernel_threads()
         dtype = np.dtype(node.outputs[0].dtype)
 
         @numba_basic.numba_njit
         def max_pool_grad_nb(x, gz):
-            gx = np.zeros(x.shape, dtype=dtype)
-            _max_pool_grad_kernel(x, gz, gx)
+            gx = np.empty(x.shape, dtype=dtype)
+            max_pool_grad_into_nb(x, gz, gx, threads)
             return gx
 
-        return max_pool_grad_nb, _NUMBA_KERNEL_VERSION
+        return max_pool_grad_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(MatMulInParts)
     def numba_funcify_matmul_in_parts(op, node, **kwargs):
+        threads = numba_kernel_threads()
         cast_a, cast_b = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit
         def matmul_nb(a, b):
-            return np.dot(np.ascontiguousarray(cast_a(a)), np.ascontiguousarray(cast_b(b)))
+            return matmul_in_parts_nb(cast_a(a), cast_b(b), threads)
 
-        return matmul_nb, _NUMBA_KERNEL_VERSION
+        return matmul_nb, _numba_cache_salt(threads)
 
     @register_funcify_default_op_cache_key(ZeroPad2d)
     def numba_funcify_zero_pad(op, node, **kwargs):

@@ -76,6 +76,7 @@ class Saliency:
         self._gradient = backend.function([pixels, classes], [gradient, logits], mode=mode)
         self._logits = backend.function([pixels], [logits, layers["probs"]], mode=mode)
 
+    @backend.on_kernel_cores
     def logits(self, images) -> np.ndarray:
         """(n, 10) scores of uint8 or float images."""
         array = np.asarray(images)
@@ -92,6 +93,7 @@ class Saliency:
             raise ValueError(f"class must be in 0..{N_CLASSES - 1}, not {target}")
         return int(target), logits[0], probs[0]
 
+    @backend.on_kernel_cores
     def gradient(self, image, target: int | None = None) -> np.ndarray:
         """d logit_target / d pixel as (28, 28); `target` None: the predicted class."""
         pixels = _pixels(image)
@@ -104,6 +106,7 @@ class Saliency:
         """Integrated gradients as (28, 28), from `baseline` (default black) to the image."""
         return self.explain(image, target, steps, baseline).integrated
 
+    @backend.on_kernel_cores
     def explain(self, image, target: int | None = None, steps: int = IG_STEPS, baseline=None) -> Explanation:
         """Both maps for one image, with the scores that check integrated gradients' completeness."""
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= 4096:

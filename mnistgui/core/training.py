@@ -30,7 +30,7 @@ from .knn import iter_nearest, nearest_neighbours, vote
 from .layers import RngChain
 from .memory import reuse_large_blocks
 from .models import N_CLASSES, ExistingParameters, build_layers, check_size, init_parameters
-from .ops import single_threaded_blas, start_kernel_compilation
+from .ops import start_kernel_compilation
 from .optimizers import make_updates
 from .schedules import learning_rate_at
 
@@ -162,13 +162,6 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
 
 
-def _kernel_cores(model):
-    """Under the C backend the convnet's kernels split each batch over the cores themselves: BLAS keeps
-    to one thread meanwhile (the Numba and JAX kernels do not split)."""
-    uses_parts = model.config.model == "convnet" and getattr(model, "backend", None) == "c"
-    return single_threaded_blas() if uses_parts else contextlib.nullcontext()
-
-
 class NeuralModel:
     """One of the four trained models: symbolic graph, shared state, history."""
 
@@ -280,7 +273,7 @@ class NeuralModel:
         self.compile_predict()
         images = _as_images(images)
         out = np.empty((len(images), N_CLASSES), dtype=np.float32)
-        with _kernel_cores(self):
+        with backend.kernel_cores(self):
             for start in range(0, len(images), chunk):
                 out[start : start + chunk] = self._predict(images[start : start + chunk])
         return out
@@ -465,7 +458,7 @@ class Trainer:
         saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
         the same, then raises TrainingDiverged.
         """
-        with _kernel_cores(self.model):
+        with backend.kernel_cores(self.model):
             yield from self._train(epochs, control, evaluate)
 
     def _train(self, epochs: int | None, control: TrainingControl | None, evaluate: bool) -> Iterator:
