@@ -74,3 +74,19 @@ def window(qtbot, tmp_path):
         win.worker.stop()
         win.worker.resume()
         win.worker.wait()
+
+
+def wait_for_forked_child(pid: int, what: str, seconds: float = 60) -> int:
+    """The exit code of a forked child; a child still running after `seconds` is killed and fails the test
+    (`what` it hung on): a blocking wait would hang the whole suite."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung {what}")

@@ -194,9 +194,10 @@ def test_a_child_forked_while_another_thread_compiles_can_build_graphs():
     """The forking thread's child must not inherit a compile lock held by a thread it does not have."""
     import os
     import threading
-    import time
 
     import pytensor
+
+    from tests.conftest import wait_for_forked_child
 
     holding, release = threading.Event(), threading.Event()
 
@@ -217,17 +218,7 @@ def test_a_child_forked_while_another_thread_compiles_can_build_graphs():
                 os._exit(0 if pytensor.config.cxx else 3)
             except BaseException:
                 os._exit(4)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on the compile lock")
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert wait_for_forked_child(pid, "on the compile lock") == 0
     finally:
         release.set()
         thread.join(30)

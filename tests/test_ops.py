@@ -235,7 +235,8 @@ def test_numba_kernels_in_parts_equal_the_c_kernels(monkeypatch, threads):
 def test_numba_kernels_run_alone_in_a_child_forked_after_numba_threads_started():
     """GNU OpenMP kills a forked child's first parallel launch: there the kernels take one part."""
     import os
-    import time
+
+    from tests.conftest import wait_for_forked_child
 
     from mnistgui.core import ops
 
@@ -252,17 +253,7 @@ def test_numba_kernels_run_alone_in_a_child_forked_after_numba_threads_started()
             os._exit(0 if same and (threads == 1 or ops._numba_layer["state"][0] != "omp") else 3)
         except BaseException:
             os._exit(4)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    assert os.waitstatus_to_exitcode(status) == 0  # not -15: GNU OpenMP's SIGTERM
+    assert wait_for_forked_child(pid, "in a kernel") == 0  # not -15: GNU OpenMP's SIGTERM
 
 
 def test_pool_gradient_in_whole_and_border_windows_goes_to_first_maximum():
