@@ -90,3 +90,10 @@ def wait_for_forked_child(pid: int, what: str, seconds: float = 60) -> int:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail(f"the forked child hung {what}")
+
+
+def blas_threads() -> list[int]:
+    """The thread count of every BLAS library loaded in this process (NumPy's, SciPy's, ...)."""
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]

@@ -230,12 +230,8 @@ def test_kernel_cores_hold_blas_to_one_thread_where_the_kernels_split_the_batch(
     every BLAS loaded (NumPy's, and SciPy's that Numba's products call) to one thread, and lets go after."""
     from types import SimpleNamespace
 
-    from threadpoolctl import threadpool_info
-
     from mnistgui.core import ops
-
-    def blas_threads():
-        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    from tests.conftest import blas_threads
 
     ops.matmul_in_parts_nb(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), 1)  # SciPy's BLAS loaded
     before = blas_threads()

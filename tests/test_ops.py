@@ -275,12 +275,8 @@ def test_pool_gradient_in_whole_and_border_windows_goes_to_first_maximum():
 
 
 def test_single_threaded_blas_nests_and_restores():
-    from threadpoolctl import threadpool_info
-
     from mnistgui.core.ops import single_threaded_blas
-
-    def blas_threads():
-        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    from tests.conftest import blas_threads
 
     before = blas_threads()
     with single_threaded_blas():
@@ -293,15 +289,16 @@ def test_single_threaded_blas_nests_and_restores():
 def test_single_threaded_blas_holds_a_blas_loaded_after_its_first_use():
     """Numba's products call SciPy's OpenBLAS, which Numba loads when it first compiles one: a run's
     hold on BLAS must find it, though the holder first looked before it was loaded."""
-    from threadpoolctl import ThreadpoolController, threadpool_info
+    from threadpoolctl import ThreadpoolController
 
     from mnistgui.core import ops
+    from tests.conftest import blas_threads
 
     ops.matmul_in_parts_nb(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), 1)  # SciPy's BLAS loaded
     libraries = ThreadpoolController().select(user_api="blas")
     if len(libraries.lib_controllers) < 2:
         pytest.skip("Numba and NumPy share one BLAS here")
-    before = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    before = blas_threads()
     if max(before) == 1:
         pytest.skip("BLAS runs on one thread here anyway")
     stale = ThreadpoolController().select(filepath=libraries.lib_controllers[0].filepath)  # as if one were not loaded yet
@@ -309,10 +306,10 @@ def test_single_threaded_blas_holds_a_blas_loaded_after_its_first_use():
     ops._kernel_threads._blas = stale
     try:
         with ops.single_threaded_blas():
-            assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == {1}
+            assert set(blas_threads()) == {1}
     finally:
         ops._kernel_threads._blas = saved
-    assert [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"] == before
+    assert blas_threads() == before
 
 
 def test_matmul_in_parts_equals_matmul_with_correct_gradients(monkeypatch):

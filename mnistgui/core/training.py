@@ -8,7 +8,6 @@ GUI's worker thread emits it as signals.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
