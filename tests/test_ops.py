@@ -354,3 +354,65 @@ def test_first_layer_kernel_adds_the_nine_taps_in_order_from_zero(dtype):
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, expected)
     assert not np.any(np.signbit(out[:, :2]))  # rows made only of the zero border
+
+
+_KERNEL_AFTER_NUMBA_GRAPH = """
+import math
+import numpy as np, pytensor, pytensor.tensor as pt
+from mnistgui.core import ops, softmax_ops
+ops.register_backend("numba")
+x, k = pt.tensor4("x", dtype="float64"), pt.tensor4("k", dtype="float64")
+labels = pt.ivector("labels")
+logits = ops.corr2d_valid(x, k).mean(axis=(1, 2))
+cost = softmax_ops.softmax_cross_entropy(logits, labels).mean()
+fn = pytensor.function([x, k, labels], [cost, pytensor.grad(cost, k)], mode="NUMBA")
+rng = np.random.default_rng(0)
+fn(rng.standard_normal((3, 6, 6, 1)), rng.standard_normal((4, 1, 3, 3)), np.array([0, 1, 3], np.int32))
+x = rng.standard_normal((5, 12, 11, 1))
+k = rng.standard_normal((17, 1, 3, 3))
+weights = ops._filters_as_matrix(k)
+expected = np.zeros((5, 10, 9, 17))
+for tap in range(9):
+    a, b = divmod(tap, 3)
+    expected += x[:, a : a + 10, b : b + 9, :] * weights[tap]
+z = rng.standard_normal((7, 10)) * 30
+softmax = np.empty_like(z)
+for i, row in enumerate(z.tolist()):  # the kernel's loop in Python floats: exp, a running sum, division
+    top = max(row)
+    exps = [math.exp(v - top) for v in row]
+    total = 0.0
+    for v in exps:
+        total += v
+    softmax[i] = [v / total for v in exps]
+print(int(np.array_equal(ops.corr2d_nhwc(x, k), expected)), int(np.array_equal(softmax_ops.softmax_nb(z), softmax)))
+"""
+
+
+def test_kernels_keep_their_arithmetic_after_a_numba_graph_compiled_them(tmp_path):
+    """PyTensor's NUMBA mode compiles the Ops' functions with fastmath on, and a kernel compiled first as
+    their callee would inherit it (fused multiply-adds, reassociated sums) and be cached so for the C
+    backend too. From an empty Numba cache, a NUMBA graph first: the C backend's first-layer kernel must
+    still add the nine taps in order and the softmax kernel keep NumPy's bits."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               PYTENSOR_FLAGS=f"base_compiledir={tmp_path / 'pytensor'}")
+    result = subprocess.run([sys.executable, "-c", _KERNEL_AFTER_NUMBA_GRAPH], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "1"]
+
+
+def test_every_kernel_sets_fastmath_off_outright():
+    """A jitted kernel that leaves fastmath unset takes its caller's: each says False itself."""
+    import numba
+
+    from mnistgui.core import augment, dropout_ops, knn, ops, softmax_ops
+
+    kernels = {f"{module.__name__}.{name}": value for module in (augment, dropout_ops, knn, ops, softmax_ops)
+               for name, value in vars(module).items() if isinstance(value, numba.core.dispatcher.Dispatcher)}
+    assert len(kernels) >= 35
+    unset = sorted(name for name, kernel in kernels.items() if kernel.targetoptions.get("fastmath") is not False)
+    assert not unset

@@ -39,7 +39,7 @@ class Augmentation:
         return bool(self.shift or self.rotate or self.scale or self.elastic_alpha)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _resample(images, matrices, offsets, displacement, out):
     """out[n, i, j] = bilinear images[n] at A_n (i, j, with displacement) + offset_n, 0 outside."""
     n = images.shape[0]

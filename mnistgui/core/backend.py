@@ -139,13 +139,13 @@ def _register_numba_random() -> None:
         size_len = get_vector_length(rv_op.size_param(rv_node))
         inplace = rv_op.inplace
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def random_float32(core_shape, rng, size):
             if not inplace:
                 rng = numba_deepcopy(rng)
             return rng, rng.random(size=numba_ndarray.to_fixed_tuple(size, size_len), dtype=np.float32)
 
-        return random_float32, f"mnistgui-random-float32-v1-{size_len}-{inplace}"
+        return random_float32, f"mnistgui-random-float32-v2-{size_len}-{inplace}"
 
     _numba_random_registered = True
 

@@ -40,7 +40,7 @@ _PASSES_GRADIENT, _KEPT = 1, 2
 # The products in double precision, rounded once to the layer's type on the store, as PyTensor's C
 # loop computes them (its constants are double literals): the same float32 for every finite product,
 # and a dropped unit whose scaled value would overflow float32 is 0, not inf * 0.
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _relu_dropout_kernel(x, u, threshold, scale, y, code):
     zero = x.dtype.type(0)
     for i in range(x.size):
@@ -51,7 +51,7 @@ def _relu_dropout_kernel(x, u, threshold, scale, y, code):
         code[i] = (_KEPT if kept else 0) | (_PASSES_GRADIENT if v >= zero else 0)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _relu_dropout_grad_kernel(g, code, scale, gx):
     for i in range(g.size):
         c = code[i]
@@ -207,7 +207,7 @@ def register_numba() -> None:
         dtype = np.dtype(node.outputs[0].dtype)
         scale = _scale(op.retain)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def relu_dropout_nb(x, u):
             x, u = np.ascontiguousarray(x), np.ascontiguousarray(u)
             if u.shape != x.shape:
@@ -224,7 +224,7 @@ def register_numba() -> None:
         dtype = np.dtype(node.outputs[0].dtype)
         scale = _scale(op.retain)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def relu_dropout_grad_nb(g, code):
             g, code = np.ascontiguousarray(g), np.ascontiguousarray(code)
             if code.shape != g.shape:

@@ -53,7 +53,7 @@ def _error_coefficient(dims: int) -> float:
     return gamma + 3.0 * _U32
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _squared_distance(a, b):
     total = 0
     for t in range(a.shape[0]):
@@ -62,7 +62,7 @@ def _squared_distance(a, b):
     return total
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _insert(best_d, best_i, count, d, i):
     """Insert (d, i) into the sorted lists best_*[:count] (keeping len(best_d) entries); new count."""
     size = best_d.shape[0]
@@ -78,7 +78,7 @@ def _insert(best_d, best_i, count, d, i):
     return min(count + 1, size)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _search_rows(dots, query_sq, query_err, train_sq, train_norm, queries, train, n_candidates,
                  out_index, out_dist):
     """Exact k nearest for each query (see the module docstring); k = out_index.shape[1].

@@ -37,6 +37,12 @@ from pytensor.scalar.basic import upcast
 
 # Numba caches compiled kernels beside the source; a frozen app has no source to cache beside.
 _CACHE = not getattr(sys, "frozen", False)
+# Every mnistgui kernel says `fastmath=False` outright, here and in the other modules. A jitted function
+# that leaves fastmath unset inherits its caller's while it compiles, and PyTensor's NUMBA mode compiles
+# the Ops' functions with fastmath on (contraction, reassociation): a kernel compiled first from a NUMBA
+# graph then kept fused multiply-adds, and Numba's cache, whose key does not hold the flag, handed that
+# version to the C backend's Ops too (the first-layer kernel's float64 sums moved by an ulp, found by
+# its test). The Ops' own jitted functions set it off as well.
 
 # --- NumPy kernels, channels-last ------------------------------------------------------------------
 
@@ -57,12 +63,12 @@ _BLOCK = 16  # the fewest images a part is given
 _BLOCK_VALUES = 3 * 2**20 // 4  # about 3 MB of float32 patches a block
 
 
-@numba.njit(cache=_CACHE)  # jitted, so that the nopython kernels below cut the same blocks
+@numba.njit(cache=_CACHE, fastmath=False)  # jitted, so that the nopython kernels below cut the same blocks
 def _block_images(patch_values_per_image):
     return max(1, _BLOCK_VALUES // max(1, patch_values_per_image))
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _im2col_into(x, kh, kw, out):
     n, h, w, c = x.shape
     rows, cols = h - kh + 1, w - kw + 1
@@ -79,7 +85,7 @@ def _im2col_into(x, kh, kw, out):
                 r += 1
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _col2im_into(patches, kh, kw, dx):
     """dx = 0, then add each patch row back onto the pixels it was copied from."""
     n, h, w, c = dx.shape
@@ -105,7 +111,7 @@ def _col2im_into(patches, kh, kw, dx):
 _DIRECT_PATCH = 16
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_direct_into(x, weights, kh, kw, out):
     """out = valid cross-correlation of x with weights (kh * kw * C, F), pixel by pixel."""
     n, h, w, c = x.shape
@@ -128,7 +134,7 @@ def _corr_direct_into(x, weights, kh, kw, out):
                             col += 1
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_3x3_one_channel_into(x, weights, out):
     """`_corr_direct_into` for the notebook's first layer (3x3 filters on one channel): a pixel's nine
     inputs held in registers and each output written once, where the general loop adds into `out` nine
@@ -148,7 +154,7 @@ def _corr_3x3_one_channel_into(x, weights, out):
                                        + v6 * weights[6, t] + v7 * weights[7, t] + v8 * weights[8, t])
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_weights_direct(x, g, kh, kw):
     """The (kh * kw * C, F) filter gradient of a valid cross-correlation, pixel by pixel."""
     n, h, w, c = x.shape
@@ -395,7 +401,7 @@ def corr2d_valid_numpy(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _max_pool_kernel(x, out):
     n, h, w, c = x.shape
     for i in range(n):
@@ -422,7 +428,7 @@ def _max_pool_kernel(x, out):
                     out[i, r, q, j] = best
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _max_pool_grad_kernel(x, gz, gx):
     """Every element of gx written once: gz at its window's first maximum (row-major), zero elsewhere."""
     n, h, w, c = x.shape
@@ -806,7 +812,7 @@ def max_pool_2d(x):
 # kernels are the NumPy ones above, written for nopython mode (np.dot on contiguous arrays is BLAS).
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _filters_as_matrix_nb(k):
     f, c, kh, kw = k.shape
     return np.ascontiguousarray(k.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
@@ -820,19 +826,26 @@ def _filters_as_matrix_nb(k):
 # (a small batch, or one thread) runs on the calling thread, with no parallel launch. The C kernels'
 # parts stay Python functions around NumPy's matmul rather than calling these: jitting np.dot and the
 # parallel loops took their warm-up from 2.2 to 6.3 s of a cold compile, for an epoch no faster.
+#
+# The entry points (corr2d_nb, ..., matmul_in_parts_nb) are inlined into the Ops' jitted functions
+# (`inline="always"`; called from Python they still compile on their own). Numba links a callee's
+# machine code into each caller and optimises and emits it again there, so every layer of calls above
+# the parallel loops paid for them anew: the convnet's cold compile under NUMBA mode took 64-66 s, and
+# 52-57 s with these layers inlined away (profiled with numba's compile events; the Ops' own layer and
+# PyTensor's caching wrapper, which calls through *args, cannot be inlined).
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _parts_nb(n, threads):
     return max(1, min(threads, n // _BLOCK))
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _bounds_nb(n, parts, part):
     return n * part // parts, n * (part + 1) // parts
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_part_nb(x, weights, kh, kw, out, start, stop):
     n, h, w, c = x.shape
     rows, cols, f = out.shape[1], out.shape[2], out.shape[3]
@@ -849,14 +862,14 @@ def _corr_part_nb(x, weights, kh, kw, out, start, stop):
         np.dot(patches[:m], weights, flat[first * rows * cols : first * rows * cols + m])
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _corr_parts_nb(x, weights, kh, kw, out, parts):
     for part in numba.prange(parts):
         start, stop = _bounds_nb(x.shape[0], parts, part)
         _corr_part_nb(x, weights, kh, kw, out, start, stop)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def corr2d_nb(x, k, threads):
     """`corr2d_nhwc` in nopython mode, in parts for `threads`; x and k of one float dtype."""
     x = np.ascontiguousarray(x)
@@ -872,7 +885,7 @@ def corr2d_nb(x, k, threads):
     return out
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_weights_part_nb(x, g, kh, kw, start, stop, total):
     """total (F, kh * kw * C) = the filter gradient of images [start, stop)."""
     n, h, w, c = x.shape
@@ -893,7 +906,7 @@ def _corr_weights_part_nb(x, g, kh, kw, start, stop, total):
         total += product
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _corr_weights_parts_nb(x, g, kh, kw, totals):
     parts = totals.shape[0]
     for part in numba.prange(parts):
@@ -901,7 +914,7 @@ def _corr_weights_parts_nb(x, g, kh, kw, totals):
         _corr_weights_part_nb(x, g, kh, kw, start, stop, totals[part])
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def corr2d_weights_nb(x, g, threads):
     """`corr2d_weights_nhwc` in nopython mode."""
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)
@@ -920,7 +933,7 @@ def corr2d_weights_nb(x, g, threads):
     return np.ascontiguousarray(dk.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _corr_input_grad_part_nb(g, weights_t, dx, start, stop):
     n, rows, cols, f = g.shape
     _, h, w, c = dx.shape
@@ -935,14 +948,14 @@ def _corr_input_grad_part_nb(g, weights_t, dx, start, stop):
         _col2im_into(patches[:m], kh, kw, dx[first:last])
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _corr_input_grad_parts_nb(g, weights_t, dx, parts):
     for part in numba.prange(parts):
         start, stop = _bounds_nb(g.shape[0], parts, part)
         _corr_input_grad_part_nb(g, weights_t, dx, start, stop)
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def corr2d_input_grad_nb(g, k, h, w, threads):
     """`corr2d_input_grad_nhwc` in nopython mode: a block's patch gradients by one product, then col2im."""
     g = np.ascontiguousarray(g)
@@ -958,14 +971,14 @@ def corr2d_input_grad_nb(g, k, h, w, threads):
     return dx
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _max_pool_parts_nb(x, out, parts):
     for part in numba.prange(parts):
         start, stop = _bounds_nb(x.shape[0], parts, part)
         _max_pool_kernel(x[start:stop], out[start:stop])
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def max_pool_nb(x, threads):
     """`max_pool_nhwc` in nopython mode."""
     x = np.ascontiguousarray(x)
@@ -979,14 +992,14 @@ def max_pool_nb(x, threads):
     return out
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _max_pool_grad_parts_nb(x, gz, gx, parts):
     for part in numba.prange(parts):
         start, stop = _bounds_nb(x.shape[0], parts, part)
         _max_pool_grad_kernel(x[start:stop], gz[start:stop], gx[start:stop])
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def max_pool_grad_into_nb(x, gz, gx, threads):
     """`max_pool_grad_nhwc` in nopython mode, into gx (every element written)."""
     x, gz = np.ascontiguousarray(x), np.ascontiguousarray(gz)
@@ -997,14 +1010,14 @@ def max_pool_grad_into_nb(x, gz, gx, threads):
         _max_pool_grad_parts_nb(x, gz, gx, parts)
 
 
-@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, parallel=True)
 def _matmul_parts_nb(a, b, out, parts):
     for part in numba.prange(parts):
         start, stop = _bounds_nb(a.shape[0], parts, part)
         np.dot(a[start:stop], b, out[start:stop])
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False, inline="always")
 def matmul_in_parts_nb(a, b, threads):
     """`matmul_in_parts_numpy` in nopython mode."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
@@ -1016,7 +1029,7 @@ def matmul_in_parts_nb(a, b, threads):
     return out
 
 
-_NUMBA_KERNEL_VERSION = 6  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 7  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
 def _numba_cache_salt(threads: int) -> int:
@@ -1030,18 +1043,19 @@ def _register_numba() -> None:
     from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
 
     def caster(node, index):
-        """A jitted v -> v as the output's dtype for input `index`: no copy when it is that already."""
+        """A jitted v -> v as the output's dtype for input `index` (no copy when it is that already),
+        inlined into the Op's function."""
         dtype = np.dtype(node.outputs[0].dtype)
         if node.inputs[index].dtype == dtype:
-            return numba_basic.numba_njit(lambda v: v)
-        return numba_basic.numba_njit(lambda v: v.astype(dtype))
+            return numba.njit(inline="always")(lambda v: v)
+        return numba.njit(inline="always")(lambda v: v.astype(dtype))
 
     @register_funcify_default_op_cache_key(Corr2dValid)
     def numba_funcify_corr2d_valid(op, node, **kwargs):
         threads = numba_kernel_threads()
         cast_x, cast_k = caster(node, 0), caster(node, 1)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def corr2d_valid_nb(x, k):
             return corr2d_nb(cast_x(x), cast_k(k), threads)
 
@@ -1052,7 +1066,7 @@ def _register_numba() -> None:
         threads = numba_kernel_threads()
         cast_x, cast_g = caster(node, 0), caster(node, 1)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def corr2d_weights_op_nb(x, g):
             return corr2d_weights_nb(cast_x(x), cast_g(g), threads)
 
@@ -1063,7 +1077,7 @@ def _register_numba() -> None:
         threads = numba_kernel_threads()
         cast_g, cast_k = caster(node, 1), caster(node, 2)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def corr2d_input_grad_op_nb(x, g, k):
             return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2], threads)
 
@@ -1072,7 +1086,7 @@ def _register_numba() -> None:
     @register_funcify_default_op_cache_key(MaxPool2x2)
     def numba_funcify_max_pool(op, node, **kwargs):
         threads = numba_kernel_threads()
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def max_pool_op_nb(x):
             return max_pool_nb(x, threads)
 
@@ -1083,7 +1097,7 @@ def _register_numba() -> None:
         threads = numba_kernel_threads()
         dtype = np.dtype(node.outputs[0].dtype)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def max_pool_grad_nb(x, gz):
             gx = np.empty(x.shape, dtype=dtype)
             max_pool_grad_into_nb(x, gz, gx, threads)
@@ -1096,7 +1110,7 @@ def _register_numba() -> None:
         threads = numba_kernel_threads()
         cast_a, cast_b = caster(node, 0), caster(node, 1)
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def matmul_nb(a, b):
             return matmul_in_parts_nb(cast_a(a), cast_b(b), threads)
 
@@ -1106,7 +1120,7 @@ def _register_numba() -> None:
     def numba_funcify_zero_pad(op, node, **kwargs):
         rows, cols = op.rows, op.cols
 
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def zero_pad_nb(x):
             n, h, w, c = x.shape
             out = np.zeros((n, h + 2 * rows, w + 2 * cols, c), dtype=x.dtype)

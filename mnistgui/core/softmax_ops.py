@@ -30,7 +30,7 @@ from pytensor.graph.op import Op
 
 from .ops import _CACHE, start_compilation_thread  # _CACHE: a frozen app has no source for Numba to cache beside
 
-_NUMBA_KERNEL_VERSION = 3  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 4  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 _KERNEL_DTYPES = (np.float32, np.float64)  # the c backend's perform calls the kernels for these (float16: NumPy)
 
 
@@ -185,7 +185,7 @@ softmax_cross_entropy_grad = SoftmaxCrossEntropyGrad()
 # --- Numba: nopython kernels, row by row ----------------------------------------------------------------
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _check_labels_nb(labels, x):
     if labels.shape[0] != x.shape[0]:
         raise ValueError("as many labels as rows of logits are needed")
@@ -195,7 +195,7 @@ def _check_labels_nb(labels, x):
             raise ValueError("a label is outside the model's classes")
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _row_max_nb(x, i):
     top = x[i, 0]
     for j in range(1, x.shape[1]):
@@ -203,7 +203,7 @@ def _row_max_nb(x, i):
     return top
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def softmax_nb(x):
     n, k = x.shape
     out = np.empty_like(x)
@@ -218,7 +218,7 @@ def softmax_nb(x):
     return out
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def softmax_cross_entropy_nb(x, labels):
     n, k = x.shape
     _check_labels_nb(labels, x)
@@ -234,7 +234,7 @@ def softmax_cross_entropy_nb(x, labels):
     return out
 
 
-@numba.njit(cache=_CACHE, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def softmax_cross_entropy_grad_nb(g, x, labels):
     n, k = x.shape
     _check_labels_nb(labels, x)
@@ -267,7 +267,7 @@ def register_numba() -> None:
 
     @register_funcify_default_op_cache_key(RowSoftmax)
     def numba_funcify_row_softmax(op, node, **kwargs):
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def row_softmax_nb(x):
             return softmax_nb(x)
 
@@ -275,7 +275,7 @@ def register_numba() -> None:
 
     @register_funcify_default_op_cache_key(SoftmaxCrossEntropy)
     def numba_funcify_softmax_cross_entropy(op, node, **kwargs):
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def cross_entropy_nb(x, labels):
             return softmax_cross_entropy_nb(x, labels)
 
@@ -283,7 +283,7 @@ def register_numba() -> None:
 
     @register_funcify_default_op_cache_key(SoftmaxCrossEntropyGrad)
     def numba_funcify_softmax_cross_entropy_grad(op, node, **kwargs):
-        @numba_basic.numba_njit
+        @numba_basic.numba_njit(fastmath=False)
         def cross_entropy_grad_nb(g, x, labels):
             return softmax_cross_entropy_grad_nb(g, x, labels)
 
