@@ -356,6 +356,7 @@ def test_first_layer_kernel_adds_the_nine_taps_in_order_from_zero(dtype):
     assert not np.any(np.signbit(out[:, :2]))  # rows made only of the zero border
 
 
+
 _KERNEL_AFTER_NUMBA_GRAPH = """
 import math
 import numpy as np, pytensor, pytensor.tensor as pt
@@ -363,13 +364,13 @@ from mnistgui.core import ops, softmax_ops
 ops.register_backend("numba")
 x, k = pt.tensor4("x", dtype="float64"), pt.tensor4("k", dtype="float64")
 labels = pt.ivector("labels")
-logits = ops.corr2d_valid(x, k).mean(axis=(1, 2))
-cost = softmax_ops.softmax_cross_entropy(logits, labels).mean()
-fn = pytensor.function([x, k, labels], [cost, pytensor.grad(cost, k)], mode="NUMBA")
+maps = ops.corr2d_valid(x, k)
+cost = softmax_ops.softmax_cross_entropy(maps.mean(axis=(1, 2)), labels).mean()
+fn = pytensor.function([x, k, labels], [maps, cost, pytensor.grad(cost, k)], mode="NUMBA")
 rng = np.random.default_rng(0)
-fn(rng.standard_normal((3, 6, 6, 1)), rng.standard_normal((4, 1, 3, 3)), np.array([0, 1, 3], np.int32))
 x = rng.standard_normal((5, 12, 11, 1))
 k = rng.standard_normal((17, 1, 3, 3))
+numba_maps = fn(x, k, np.array([0, 1, 3, 5, 16], np.int32))[0]
 weights = ops._filters_as_matrix(k)
 expected = np.zeros((5, 10, 9, 17))
 for tap in range(9):
@@ -377,22 +378,24 @@ for tap in range(9):
     expected += x[:, a : a + 10, b : b + 9, :] * weights[tap]
 z = rng.standard_normal((7, 10)) * 30
 softmax = np.empty_like(z)
-for i, row in enumerate(z.tolist()):  # the kernel's loop in Python floats: exp, a running sum, division
+for i, row in enumerate(z.tolist()):  # the kernel's loop in Python floats: libm's exp, a running sum, division
     top = max(row)
     exps = [math.exp(v - top) for v in row]
     total = 0.0
     for v in exps:
         total += v
     softmax[i] = [v / total for v in exps]
-print(int(np.array_equal(ops.corr2d_nhwc(x, k), expected)), int(np.array_equal(softmax_ops.softmax_nb(z), softmax)))
+print(int(np.array_equal(ops.corr2d_nhwc(x, k), expected)), int(np.array_equal(numba_maps, expected)),
+      int(np.array_equal(softmax_ops.softmax_nb(z), softmax)))
 """
 
 
 def test_kernels_keep_their_arithmetic_after_a_numba_graph_compiled_them(tmp_path):
-    """PyTensor's NUMBA mode compiles the Ops' functions with fastmath on, and a kernel compiled first as
-    their callee would inherit it (fused multiply-adds, reassociated sums) and be cached so for the C
-    backend too. From an empty Numba cache, a NUMBA graph first: the C backend's first-layer kernel must
-    still add the nine taps in order and the softmax kernel keep NumPy's bits."""
+    """PyTensor's NUMBA mode compiles the Ops' functions with fastmath on unless told otherwise, and a
+    kernel compiled first as their callee would inherit it (fused multiply-adds, a reciprocal for a
+    division) and be cached so for the C backend too. From an empty Numba cache, a NUMBA graph first: the
+    C backend's first-layer kernel must still add the nine taps in order from zero, the NUMBA graph's own
+    convolution give the same bits, and the softmax kernel libm's exp, a running sum and a division."""
     import os
     import subprocess
     import sys
@@ -402,17 +405,37 @@ def test_kernels_keep_their_arithmetic_after_a_numba_graph_compiled_them(tmp_pat
     result = subprocess.run([sys.executable, "-c", _KERNEL_AFTER_NUMBA_GRAPH], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["1", "1"]
+    assert result.stdout.split() == ["1", "1", "1"]
 
 
-def test_every_kernel_sets_fastmath_off_outright():
-    """A jitted kernel that leaves fastmath unset takes its caller's: each says False itself."""
+def test_every_jitted_function_sets_fastmath_off_outright():
+    """A jitted function that leaves fastmath unset takes its caller's while it compiles: every `njit` in
+    mnistgui says False itself, module-level kernels and the Ops' functions alike."""
+    import ast
+    from pathlib import Path
+
     import numba
 
+    import mnistgui
     from mnistgui.core import augment, dropout_ops, knn, ops, softmax_ops
+
+    def is_njit(node):
+        return (isinstance(node, ast.Attribute) and node.attr in ("njit", "numba_njit")) or \
+            (isinstance(node, ast.Name) and node.id in ("njit", "numba_njit"))
+
+    calls, unset = 0, []
+    for path in sorted(Path(mnistgui.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            decorators = getattr(node, "decorator_list", [])
+            unset += [f"{path.name}:{d.lineno} (bare decorator)" for d in decorators if is_njit(d)]
+            if isinstance(node, ast.Call) and is_njit(node.func):
+                calls += 1
+                if not any(kw.arg == "fastmath" and isinstance(kw.value, ast.Constant) and kw.value.value is False
+                           for kw in node.keywords):
+                    unset.append(f"{path.name}:{node.lineno}")
+    assert calls >= 50 and not unset
 
     kernels = {f"{module.__name__}.{name}": value for module in (augment, dropout_ops, knn, ops, softmax_ops)
                for name, value in vars(module).items() if isinstance(value, numba.core.dispatcher.Dispatcher)}
-    assert len(kernels) >= 35
-    unset = sorted(name for name, kernel in kernels.items() if kernel.targetoptions.get("fastmath") is not False)
-    assert not unset
+    assert len(kernels) >= 37
+    assert not sorted(name for name, kernel in kernels.items() if kernel.targetoptions.get("fastmath") is not False)

@@ -42,7 +42,8 @@ _CACHE = not getattr(sys, "frozen", False)
 # the Ops' functions with fastmath on (contraction, reassociation): a kernel compiled first from a NUMBA
 # graph then kept fused multiply-adds, and Numba's cache, whose key does not hold the flag, handed that
 # version to the C backend's Ops too (the first-layer kernel's float64 sums moved by an ulp, found by
-# its test). The Ops' own jitted functions set it off as well.
+# its test). The Ops' own jitted functions set it off as well: theirs is the flag that governs the entry
+# points inlined into them (below).
 
 # --- NumPy kernels, channels-last ------------------------------------------------------------------
 
@@ -1047,8 +1048,8 @@ def _register_numba() -> None:
         inlined into the Op's function."""
         dtype = np.dtype(node.outputs[0].dtype)
         if node.inputs[index].dtype == dtype:
-            return numba.njit(inline="always")(lambda v: v)
-        return numba.njit(inline="always")(lambda v: v.astype(dtype))
+            return numba.njit(inline="always", fastmath=False)(lambda v: v)
+        return numba.njit(inline="always", fastmath=False)(lambda v: v.astype(dtype))
 
     @register_funcify_default_op_cache_key(Corr2dValid)
     def numba_funcify_corr2d_valid(op, node, **kwargs):
