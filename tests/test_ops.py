@@ -356,7 +356,6 @@ def test_first_layer_kernel_adds_the_nine_taps_in_order_from_zero(dtype):
     assert not np.any(np.signbit(out[:, :2]))  # rows made only of the zero border
 
 
-
 _KERNEL_AFTER_NUMBA_GRAPH = """
 import math
 import numpy as np, pytensor, pytensor.tensor as pt

@@ -69,6 +69,18 @@ def _block_images(patch_values_per_image):
     return max(1, _BLOCK_VALUES // max(1, patch_values_per_image))
 
 
+# Jitted too, so that both backends cut a batch into the same parts: at most one a thread, of _BLOCK
+# images or more, part `part` of `parts` holding images [n * part // parts, n * (part + 1) // parts).
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
+def _parts_nb(n, threads):
+    return max(1, min(threads, n // _BLOCK))
+
+
+@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
+def _bounds_nb(n, parts, part):
+    return n * part // parts, n * (part + 1) // parts
+
+
 @numba.njit(cache=_CACHE, nogil=True, fastmath=False)
 def _im2col_into(x, kh, kw, out):
     n, h, w, c = x.shape
@@ -281,11 +293,10 @@ class _KernelThreads:
     def run(self, work, n: int, blas: bool = True):
         """work(start, stop) over [0, n) in kernel_threads() parts; their results in order. `blas`:
         the work calls BLAS (then held to one thread meanwhile)."""
-        threads = min(kernel_threads(), max(1, n // _BLOCK))
-        bounds = [n * part // threads for part in range(threads + 1)]
+        threads = _parts_nb(n, kernel_threads())
         if threads == 1:
             return [work(0, n)]
-        parts = list(zip(bounds, bounds[1:]))
+        parts = [_bounds_nb(n, threads, part) for part in range(threads)]
         with self.single_threaded_blas() if blas else contextlib.nullcontext():
             executor = self.executor()
             # The last part on this thread: a hand-off to the pool and back costs about 0.1 ms a call,
@@ -820,13 +831,13 @@ def _filters_as_matrix_nb(k):
 
 
 # The C backend's parts and blocks, on Numba's threads: each kernel cuts its batch into the parts the C
-# kernels would for `threads` (the Ops pass `numba_kernel_threads()`, read when the graph is compiled) and
-# runs them under `prange`, each part in blocks whose patches stay in cache between im2col and the
-# product, with BLAS on one thread meanwhile (`backend.kernel_cores`). A part runs what the C
-# backend's part runs, so a filter gradient, summed over the parts in order, is the same sum. One part
-# (a small batch, or one thread) runs on the calling thread, with no parallel launch. The C kernels'
-# parts stay Python functions around NumPy's matmul rather than calling these: jitting np.dot and the
-# parallel loops took their warm-up from 2.2 to 6.3 s of a cold compile, for an epoch no faster.
+# kernels would for `threads` (`_parts_nb`, `_bounds_nb`; the Ops pass `numba_kernel_threads()`, read when
+# the graph is compiled) and runs them under `prange`, each part in blocks whose patches stay in cache
+# between im2col and the product, with BLAS on one thread meanwhile (`backend.kernel_cores`). A part runs
+# what the C backend's part runs, so a filter gradient, summed over the parts in order, is the same sum.
+# One part (a small batch, or one thread) runs on the calling thread, with no parallel launch. The C
+# kernels' parts stay Python functions around NumPy's matmul rather than calling these: jitting np.dot and
+# the parallel loops took their warm-up from 2.2 to 6.3 s of a cold compile, for an epoch no faster.
 #
 # The entry points (corr2d_nb, ..., matmul_in_parts_nb) are inlined into the Ops' jitted functions
 # (`inline="always"`; called from Python they still compile on their own). Numba links a callee's
@@ -834,16 +845,6 @@ def _filters_as_matrix_nb(k):
 # the parallel loops paid for them anew: the convnet's cold compile under NUMBA mode took 64-66 s, and
 # 52-57 s with these layers inlined away (profiled with numba's compile events; the Ops' own layer and
 # PyTensor's caching wrapper, which calls through *args, cannot be inlined).
-
-
-@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
-def _parts_nb(n, threads):
-    return max(1, min(threads, n // _BLOCK))
-
-
-@numba.njit(cache=_CACHE, nogil=True, fastmath=False)
-def _bounds_nb(n, parts, part):
-    return n * part // parts, n * (part + 1) // parts
 
 
 @numba.njit(cache=_CACHE, nogil=True, fastmath=False)
