@@ -16,7 +16,8 @@ setup(
     # The top-level resources/ folder installs as the package mnistgui.resources.
     packages=find_packages(include=["mnistgui", "mnistgui.*"]) + ["mnistgui.resources"],
     package_dir={"mnistgui.resources": "resources"},
-    package_data={"mnistgui.resources": ["*.png"]},
+    # The C source of core/pixel_products, compiled at first use.
+    package_data={"mnistgui.resources": ["*.png"], "mnistgui.core": ["*.c"]},
     install_requires=[
         "numpy>=1.26",
         "pytensor>=3.0,<4",

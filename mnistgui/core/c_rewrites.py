@@ -15,6 +15,11 @@ product and update a step, 0.42 ms as one call). It takes w's place in memory on
 destroy handler allows (an updated shared variable that nothing reads afterwards); elsewhere it
 works on a copy. Where NumPy's BLAS cannot be called directly (blas.cblas_gemm is None), the graph
 stays as it was.
+
+**A product with the batch of images skips its all-zero pixel columns.** `dot(pixels, w)` and the SGD
+update `w - lr * dot(pixels.T, d)`, where `pixels` is `cast(images, float32) * scale` for the uint8 batch
+and `w` a shared matrix at least pixel_products.MIN_COLUMNS wide, become pixel_products' Ops, which take
+the uint8 batch itself (see there).
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
+from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import dfs_rewriter, in2out, node_rewriter
 from pytensor.scalar import basic as scalar
 from pytensor.scalar.math import Sigmoid
-from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
 
+from . import pixel_products
 from .blas import cblas_gemm
+from .pixel_products import PixelGemmUpdate, PixelProduct
 
 # After PyTensor's elementwise fusion (49) and its destroy handler (49.5), before its in-place
 # elementwise rewrite (50.5, which would otherwise make the update loop write into w): a sigmoid still alone
@@ -153,17 +161,86 @@ def sgd_update_to_gemm(fgraph, node):
     return [GemmUpdate()(w, lr, a, b)]
 
 
-@node_rewriter([GemmUpdate], inplace=True)
+def _scaled_pixels(x):
+    """(images, scale) if `x` is the fused loop cast(images, float32) * scale, for a uint8 matrix `images`
+    and a float32 constant `scale`, else None."""
+    node = x.owner
+    if node is None or not isinstance(node.op, Elemwise) or x.dtype != "float32" or x.ndim != 2 \
+            or len(node.inputs) != 1 or node.inputs[0].dtype != "uint8" or node.inputs[0].ndim != 2:
+        return None
+    composite = node.op.scalar_op
+    if not isinstance(composite, scalar.Composite) or len(composite.outputs) != 1:
+        return None
+    out = composite.outputs[0]
+    if out.owner is None or not isinstance(out.owner.op, scalar.Mul) or len(out.owner.inputs) != 2:
+        return None
+    for cast, scale in (out.owner.inputs, reversed(out.owner.inputs)):
+        if isinstance(scale, scalar.ScalarConstant) and scale.dtype == "float32" and cast.owner is not None \
+                and isinstance(cast.owner.op, scalar.Cast) and cast.owner.op.o_type.dtype == "float32" \
+                and cast.owner.inputs[0] is composite.inputs[0]:
+            return node.inputs[0], pt.constant(np.asarray(scale.data, dtype="float32"))
+    return None
+
+
+def _wide_shared_weights(w) -> bool:
+    if not isinstance(w, SharedVariable) or w.dtype != "float32" or w.ndim != 2:
+        return False
+    value = w.get_value(borrow=True)
+    return value.ndim == 2 and value.shape[1] >= pixel_products.MIN_COLUMNS
+
+
+@node_rewriter([Dot])
+def product_of_pixels(fgraph, node):
+    x, w = node.inputs
+    parts = _scaled_pixels(x)
+    if parts is None or not _wide_shared_weights(w) or node.outputs[0].dtype != "float32" \
+            or pixel_products.library() is None:
+        return None
+    images, scale = parts
+    return [PixelProduct()(images, scale, w)]
+
+
+def _transpose_of(x):
+    """y if `x` is y.T, else None."""
+    if x.owner is not None and isinstance(x.owner.op, DimShuffle) and tuple(x.owner.op.new_order) == (1, 0):
+        return x.owner.inputs[0]
+    return None
+
+
+def _transposed_scaled_pixels(x):
+    """(images, scale) if `x` is the transpose of _scaled_pixels' pattern: transposed after the scaling (where
+    the scaled pixels feed a forward product too) or before it (PyTensor moves a lone transpose inwards)."""
+    inner = _transpose_of(x)
+    if inner is not None:
+        return _scaled_pixels(inner)
+    parts = _scaled_pixels(x)
+    if parts is None:
+        return None
+    images = _transpose_of(parts[0])
+    return None if images is None else (images, parts[1])
+
+
+@node_rewriter([GemmUpdate])
+def gemm_update_of_pixels(fgraph, node):
+    w, lr, a, d = node.inputs
+    parts = _transposed_scaled_pixels(a)
+    if parts is None or not _wide_shared_weights(w) or d.dtype != "float32" or pixel_products.library() is None:
+        return None
+    images, scale = parts
+    return [PixelGemmUpdate(inplace=node.op.inplace)(w, lr, images, scale, d)]
+
+
+@node_rewriter([GemmUpdate, PixelGemmUpdate], inplace=True)
 def gemm_update_in_place(fgraph, node):
     if not node.op.inplace:
-        return [GemmUpdate(inplace=True)(*node.inputs)]
+        return [type(node.op)(inplace=True)(*node.inputs)]
     return None
 
 
 def register_c_rewrites(mode):
     """The c mode with the rewrites of this module."""
-    mode = mode.register((in2out(standalone_sigmoid_to_numpy, sgd_update_to_gemm, name="mnistgui_c_fast_paths"),
-                          REWRITE_POSITION))
+    mode = mode.register((in2out(standalone_sigmoid_to_numpy, sgd_update_to_gemm, gemm_update_of_pixels,
+                                 product_of_pixels, name="mnistgui_c_fast_paths"), REWRITE_POSITION))
     # The destroy handler refuses the in-place form where w is read after the update or may not be
     # overwritten (an input the caller passed, not an updated shared variable): then it stays a copy.
     return mode.register((dfs_rewriter(gemm_update_in_place, name="mnistgui_gemm_update_in_place"), INPLACE_POSITION))

@@ -19,7 +19,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from . import backend, dropout_ops, softmax_ops
+from . import backend, dropout_ops, pixel_products, softmax_ops
 from .attacks import AdversarialTraining, Attacker, adversarial_training_cost
 from .augment import Augmentation, augment
 from .config import Config, config_changes
@@ -186,6 +186,9 @@ class NeuralModel:
         # Pixels arrive as uint8 and are scaled inside the graph: a quarter of the memory traffic.
         self.images = pt.matrix("images", dtype="uint8")
         self.labels = pt.ivector("labels")
+        # Whether the training function multiplies the pixels with pixel_products' kernels (backend.kernel_cores:
+        # the prediction function of the dropout MLP does too, but its training products want BLAS's threads).
+        self.runs_pixel_products = False
         pixels = pt.cast(self.images, "float32") * np.float32(1.0 / 255.0)
         # The training and prediction graphs are twins over the same shared weights: dropout on, off.
         self.params = init_parameters(config)
@@ -402,6 +405,7 @@ class Trainer:
                 givens={model.images: self._images_shared[batch], model.labels: self._labels_shared[batch]},
                 mode=model._mode(),
             )
+            model.runs_pixel_products |= pixel_products.used_by(self._train_fn)
         # The prediction graph's few modules of its own build while the kernels may still compile.
         model.compile_predict()
         # Numba compiles on the first call: make one step now and undo it, so that compile time
@@ -457,6 +461,7 @@ class Trainer:
         saved model is always at an epoch boundary and resumes exactly. A NaN or infinite cost does
         the same, then raises TrainingDiverged.
         """
+        self.compile()  # first: kernel_cores asks which kernels the compiled functions run
         with backend.kernel_cores(self.model):
             yield from self._train(epochs, control, evaluate)
 
