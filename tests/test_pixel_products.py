@@ -17,6 +17,7 @@ from mnistgui.core.pixel_products import PixelGemmUpdate, PixelProduct, pixel_ge
 from .conftest import blas_threads, wait_for_forked_child
 
 SCALE = np.float32(1.0 / 255.0)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +47,27 @@ def test_the_kernels_compile_on_this_machine():
 def test_the_forward_product_equals_float64_within_rounding_on_any_number_of_threads(batches, rows, columns):
     images = np.ascontiguousarray(batches[1000 : 1000 + rows])
     w = _weights((784, columns))
-    results = [pixel_product(images, SCALE, w, threads=threads) for threads in (1, 2, 3)]
+    results = []
+    for threads in (1, 2, 3):
+        results.append(pixel_product(images, SCALE, w, threads=threads))
+        assert pixel_products.last_parts() == min(threads, CORES)  # the pool ran, on at most the cores there are
     assert all(np.array_equal(results[0], other) for other in results[1:])
     assert np.all(np.abs(results[0] - _float64_product(images, w)) <= _bound(images, w))
 
 
-def test_the_update_equals_float64_within_rounding_on_any_number_of_threads(batches):
-    images = np.ascontiguousarray(batches[:128])
-    w, d = _weights((784, 625), 1), _weights((128, 625), 2)
-    results = [pixel_gemm_update(w.copy(), -0.05, images, SCALE, d, threads=threads) for threads in (1, 2, 3)]
+@pytest.mark.parametrize("rows, columns, strided", [(128, 625, False), (7, 17, True), (130, 33, False),
+                                                     (1, 1, True), (64, 100, True)])
+def test_the_update_equals_float64_within_rounding_on_any_number_of_threads(batches, rows, columns, strided):
+    images = batches[: 2 * rows : 2, ::-1] if strided else np.ascontiguousarray(batches[:rows])
+    w, d = _weights((784, columns), 1), _weights((rows, columns), 2)
+    results = []
+    for threads in (1, 2, 3):
+        results.append(pixel_gemm_update(w.copy(), -0.05, images, SCALE, d, threads=threads))
+        assert pixel_products.last_parts() == min(threads, CORES)
     assert all(np.array_equal(results[0], other) for other in results[1:])
     pixels = (images.astype(np.float32) * SCALE).astype(np.float64)
     expected = w.astype(np.float64) - 0.05 * (pixels.T @ d.astype(np.float64))
-    bound = 0.05 * 128 * np.finfo(np.float32).eps * (np.abs(pixels.T) @ np.abs(d.astype(np.float64))) \
+    bound = 0.05 * rows * np.finfo(np.float32).eps * (np.abs(pixels.T) @ np.abs(d.astype(np.float64))) \
         + np.finfo(np.float32).eps * np.abs(expected)
     assert np.all(np.abs(results[0] - expected) <= bound)
     # The weights of a pixel column that is zero in every image are not touched, bit for bit.
@@ -66,6 +75,30 @@ def test_the_update_equals_float64_within_rounding_on_any_number_of_threads(batc
     assert zero.sum() > 100
     assert np.array_equal(results[0][zero], w[zero])
     assert not np.array_equal(results[0][~zero], w[~zero])
+
+
+def test_an_edge_column_is_updated_with_one_rounding_as_the_others():
+    """The last columns past a whole tile (625 = 19 x 32 + 17) get w + alpha * sum in one fused
+    multiply-add, as a full tile's do: the same bits as a tile-wide matrix's first columns."""
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, (16, 784)).astype(np.uint8)
+    w, d = _weights((784, 32), 6), _weights((16, 32), 7)
+    full = pixel_gemm_update(w.copy(), -0.05, images, SCALE, d)
+    for width in (17, 5, 1):
+        edge = pixel_gemm_update(np.ascontiguousarray(w[:, :width]), -0.05, images, SCALE,
+                                 np.ascontiguousarray(d[:, :width]))
+        assert np.array_equal(edge, full[:, :width]), width
+
+
+def test_a_blank_or_empty_batch():
+    w = _weights((784, 40))
+    blank = np.zeros((9, 784), dtype=np.uint8)
+    assert pixel_products.nonzero_columns(blank) == 0
+    assert np.array_equal(pixel_product(blank, SCALE, w), np.zeros((9, 40), dtype=np.float32))
+    assert np.array_equal(pixel_gemm_update(w.copy(), -0.5, blank, SCALE, _weights((9, 40))), w)
+    assert pixel_product(np.zeros((0, 784), dtype=np.uint8), SCALE, w).shape == (0, 40)
+    assert np.array_equal(pixel_gemm_update(w.copy(), -0.5, np.zeros((0, 784), dtype=np.uint8), SCALE,
+                                            np.zeros((0, 40), dtype=np.float32)), w)
 
 
 def test_leaving_out_a_zero_column_changes_no_bit(batches):
@@ -115,11 +148,14 @@ def test_two_threads_calling_at_once_both_get_their_products(batches):
     expected = [pixel_product(images, SCALE, w, threads=1) for images in inputs]
     failures = []
 
+    parts = []
+
     def run(offset):
         for _ in range(20):
             for index in range(offset, len(inputs), 2):
                 if not np.array_equal(pixel_product(inputs[index], SCALE, w, threads=2), expected[index]):
                     failures.append(index)
+                parts.append(pixel_products.last_parts())
 
     threads = [threading.Thread(target=run, args=(offset,)) for offset in (0, 1)]
     for thread in threads:
@@ -128,6 +164,7 @@ def test_two_threads_calling_at_once_both_get_their_products(batches):
         thread.join(60)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+    assert set(parts) <= {1, min(2, CORES)} and min(2, CORES) in parts  # the pool, or alone while it was taken
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
@@ -164,11 +201,15 @@ def _ops(fn):
     return [node.op for node in fn.maker.fgraph.toposort()]
 
 
-def _first_layer_graph(columns, scale=SCALE, dtype="uint8"):
-    images = pt.matrix("images", dtype=dtype)
+def _first_layer_graph(columns):
+    images = pt.matrix("images", dtype="uint8")
     w = pytensor.shared(_weights((784, columns)), name="w")
-    pixels = pt.cast(images, "float32") * scale
+    pixels = pt.cast(images, "float32") * SCALE
     return images, w, pixels
+
+
+def _pixel_ops(fn):
+    return [op for op in _ops(fn) if isinstance(op, (PixelProduct, PixelGemmUpdate))]
 
 
 def test_only_a_product_of_scaled_uint8_pixels_with_wide_shared_weights_is_taken(batches):
@@ -183,9 +224,40 @@ def test_only_a_product_of_scaled_uint8_pixels_with_wide_shared_weights_is_taken
                    for op in _ops(backend.function([narrow_images], pt.dot(narrow_pixels, narrow_w), mode=c)))
     floats = pt.matrix("floats", dtype="float32")
     assert not any(isinstance(op, PixelProduct) for op in _ops(backend.function([floats], pt.dot(floats, w), mode=c)))
+    # A graph with a large product besides keeps BLAS's threads for it, and NumPy's products.
+    square = pytensor.shared(_weights((625, 625)), name="square")
+    assert _pixel_ops(backend.function([images], pt.dot(pt.sigmoid(pt.dot(pixels, w)), square), mode=c)) == []
     # The Numba backend keeps PyTensor's product.
     numba = backend.function([images], pt.dot(pixels, w), mode=backend.compile_mode("numba"))
     assert not any(isinstance(op, PixelProduct) for op in _ops(numba))
+
+
+def test_near_misses_of_the_pattern_keep_pytensors_products():
+    images, w, pixels = _first_layer_graph(625)
+    scale = pt.scalar("scale", dtype="float32")
+    wide = pt.matrix("wide", dtype="uint16")
+    weights = pt.matrix("weights", dtype="float32")
+    d = pt.matrix("d", dtype="float32")
+    cases = {
+        "a scale given at run time": ([images, scale], pt.dot(pt.cast(images, "float32") * scale, w)),
+        "16-bit images": ([wide], pt.dot(pt.cast(wide, "float32") * SCALE, w)),
+        "float64 pixels": ([images], pt.dot(pt.cast(images, "float64") * np.float64(1 / 255), w)),
+        "weights passed in, not shared": ([images, weights], pt.dot(pixels, weights)),
+        "a pixel offset as well": ([images], pt.dot(pt.cast(images, "float32") * SCALE + np.float32(1), w)),
+        "pixels on the right": ([images, d], pt.dot(d.T, pixels)),
+    }
+    for name, (inputs, output) in cases.items():
+        assert _pixel_ops(backend.function(inputs, output, mode=backend.compile_mode("c"))) == [], name
+    w_value = w.get_value()
+    update = {
+        "a scale given at run time": ([images, scale, d],
+                                      w - np.float32(0.1) * pt.dot((pt.cast(images, "float32") * scale).T, d)),
+        "16-bit images": ([wide, d], w - np.float32(0.1) * pt.dot((pt.cast(wide, "float32") * SCALE).T, d)),
+    }
+    for name, (inputs, new_w) in update.items():
+        fn = backend.function(inputs, [], updates=[(w, new_w)], mode=backend.compile_mode("c"))
+        assert not any(isinstance(op, PixelGemmUpdate) for op in _ops(fn)), name
+    w.set_value(w_value)
 
 
 def test_the_sgd_update_of_the_first_layer_is_taken_in_place(batches):
@@ -217,7 +289,9 @@ def test_the_sigmoid_mlp_runs_them_and_holds_blas_to_one_thread(mnist):
     others = Trainer(create_model(Config.for_model("dropout_mlp", backend="c", train_size=1280, test_size=500)),
                      mnist.subset(1280, 500))
     others.compile()
-    assert not any(isinstance(op, (PixelProduct, PixelGemmUpdate)) for op in _ops(others._train_fn))
+    # Its training graph takes dropped-out pixels; its prediction graph takes the pixels, but keeps BLAS for
+    # its 625 x 625 layer, and so NumPy's product for the first as well.
+    assert _pixel_ops(others._train_fn) == [] and _pixel_ops(others.model._predict) == []
     assert not others.model.runs_pixel_products
 
 

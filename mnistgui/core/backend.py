@@ -320,7 +320,7 @@ def kernel_cores(model):
     """A context for running `model`'s compiled functions: where the convnet's kernels split each batch
     over the cores themselves (the C backend's threads, Numba's under `prange`), BLAS keeps to one thread
     meanwhile, else each part's products would start BLAS threads of their own. JAX's kernels do not split.
-    So where the pixel products' threads split theirs (pixel_products; the c backend's sigmoid MLP): the
+    So where the pixel products' threads split theirs (pixel_products; under `c`, the sigmoid MLP): the
     products left to BLAS there are small, and OpenBLAS's threads, spinning after each, took the cores
     from the kernels' (the forward product 0.54 ms with them, 0.41 ms without, measured)."""
     name = getattr(model, "backend", None)

@@ -189,12 +189,34 @@ def _wide_shared_weights(w) -> bool:
     return value.ndim == 2 and value.shape[1] >= pixel_products.MIN_COLUMNS
 
 
+def _products_left_to_blas_are_small(fgraph) -> bool:
+    """Whether every other product in the graph is with a shared matrix narrower than MIN_COLUMNS one way.
+    The pixel products' threads want BLAS on one thread (backend.kernel_cores); a graph with a large
+    product besides (the dropout MLP's 625 x 625 layer) keeps BLAS's threads and NumPy's products
+    (its 10,000 test images: 0.075 s so, 0.085 s with the kernels and BLAS on one thread, measured)."""
+    for node in fgraph.apply_nodes:
+        if isinstance(node.op, Dot):
+            operands = node.inputs
+        elif isinstance(node.op, GemmUpdate):
+            operands = node.inputs[2:]
+        else:
+            continue
+        if _scaled_pixels(operands[0]) is not None or _transposed_scaled_pixels(operands[0]) is not None:
+            continue  # one of the pixel products themselves
+        for operand in operands:
+            shared = _transpose_of(operand) if _transpose_of(operand) is not None else operand
+            if isinstance(shared, SharedVariable) and np.ndim(value := shared.get_value(borrow=True)) == 2 \
+                    and min(value.shape) >= pixel_products.MIN_COLUMNS:
+                return False
+    return True
+
+
 @node_rewriter([Dot])
 def product_of_pixels(fgraph, node):
     x, w = node.inputs
     parts = _scaled_pixels(x)
     if parts is None or not _wide_shared_weights(w) or node.outputs[0].dtype != "float32" \
-            or pixel_products.library() is None:
+            or not _products_left_to_blas_are_small(fgraph) or pixel_products.library() is None:
         return None
     images, scale = parts
     return [PixelProduct()(images, scale, w)]
@@ -224,7 +246,8 @@ def _transposed_scaled_pixels(x):
 def gemm_update_of_pixels(fgraph, node):
     w, lr, a, d = node.inputs
     parts = _transposed_scaled_pixels(a)
-    if parts is None or not _wide_shared_weights(w) or d.dtype != "float32" or pixel_products.library() is None:
+    if parts is None or not _wide_shared_weights(w) or d.dtype != "float32" \
+            or not _products_left_to_blas_are_small(fgraph) or pixel_products.library() is None:
         return None
     images, scale = parts
     return [PixelGemmUpdate(inplace=node.op.inplace)(w, lr, images, scale, d)]

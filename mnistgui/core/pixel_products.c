@@ -57,19 +57,34 @@ typedef struct {
     const unsigned char* x; const float *w, *d; float* y; float scale, alpha;
     int m, n, kp; int64_t sx0, sx1, sw0, sy0, sd0; const int* idx;
     int part, parts, kind;  /* kind: 1 the forward product, 2 the update */
-    int status;             /* -1 where memory ran out */
+    float* buffer;          /* the part's packed operands: sz_part_floats() floats */
 } sz_job;
+
+static void sz_part_blocks(const sz_job* job, int blocks, int* b0, int* b1) {
+    *b0 = (int)((int64_t)blocks * job->part / job->parts);
+    *b1 = (int)((int64_t)blocks * (job->part + 1) / job->parts);
+}
+
+/* The floats a part packs its operands into: all of x's rows and one panel of w (forward), or its own
+   columns of x and one panel of d (update). */
+static size_t sz_part_floats(const sz_job* job) {
+    const size_t kq = job->kp ? (size_t)job->kp : 1, m = (size_t)job->m;
+    if (job->kind == 1) return (size_t)((job->m + SZ_R - 1) / SZ_R) * SZ_R * kq + kq * SZ_W;
+    int b0, b1;
+    sz_part_blocks(job, (job->kp + SZ_R - 1) / SZ_R, &b0, &b1);
+    return (size_t)(b1 > b0 ? b1 - b0 : 0) * SZ_R * m + m * SZ_W + 1;
+}
 
 /* y[:, this part's columns] = x @ w, each entry a sum from zero over the listed columns of x in order,
    one fused multiply-add each. Every part packs all of x's rows (a fifth of the bytes of w's it packs). */
 static void sz_forward_cols(sz_job* job) {
     const int m = job->m, n = job->n, kp = job->kp;
     const int panels = (n + SZ_W - 1) / SZ_W, blocks = (m + SZ_R - 1) / SZ_R;
-    const int p0 = (int)((int64_t)panels * job->part / job->parts), p1 = (int)((int64_t)panels * (job->part + 1) / job->parts);
+    int p0, p1;
+    sz_part_blocks(job, panels, &p0, &p1);
     if (p0 >= p1 || m == 0) return;
     const size_t kq = kp ? kp : 1;
-    float* xp = (float*)malloc(sizeof(float) * ((size_t)blocks * SZ_R * kq + kq * SZ_W));
-    if (!xp) { job->status = -1; return; }
+    float* xp = job->buffer;
     float* wp = xp + (size_t)blocks * SZ_R * kq;
     for (int b = 0; b < blocks; b++)  /* xp[b][kk][r] = x[b * R + r, idx[kk]], rows past m zero */
         for (int r = 0; r < SZ_R; r++) {
@@ -112,7 +127,6 @@ static void sz_forward_cols(sz_job* job) {
             }
         }
     }
-    free(xp);
 }
 
 /* w[idx[kk], :] += alpha * sum_b x[b, idx[kk]] * d[b, :] for this part's listed columns of x; each sum
@@ -120,10 +134,10 @@ static void sz_forward_cols(sz_job* job) {
 static void sz_update_rows(sz_job* job) {
     const int m = job->m, n = job->n, kp = job->kp;
     const int blocks = (kp + SZ_R - 1) / SZ_R;
-    const int b0 = (int)((int64_t)blocks * job->part / job->parts), b1 = (int)((int64_t)blocks * (job->part + 1) / job->parts);
+    int b0, b1;
+    sz_part_blocks(job, blocks, &b0, &b1);
     if (b0 >= b1 || m == 0) return;
-    float* xq = (float*)malloc(sizeof(float) * ((size_t)(b1 - b0) * SZ_R * m + (size_t)m * SZ_W));
-    if (!xq) { job->status = -1; return; }
+    float* xq = job->buffer;
     float* dp = xq + (size_t)(b1 - b0) * SZ_R * m;
     for (int i = 0; i < m; i++) {  /* xq[b][i][r] = x[i, idx[b * R + r]], columns past kp zero */
         const unsigned char* row = job->x + i * job->sx0;
@@ -163,15 +177,15 @@ static void sz_update_rows(sz_job* job) {
             for (int r = 0; r < SZ_R && b * SZ_R + r < kp; r++) {
                 float* out = job->y + (int64_t)job->idx[b * SZ_R + r] * job->sy0 + j;
                 if (width == SZ_W) { for (int v = 0; v < SZ_NV; v++) sz_st(out + 16 * v, sz_ld(out + 16 * v) + alpha * acc[r][v]); }
-                else {
+                else {  /* the same one fused multiply-add into w as a full tile's */
                     float tile[SZ_W];
-                    for (int v = 0; v < SZ_NV; v++) sz_st(tile + 16 * v, alpha * acc[r][v]);
-                    for (int c = 0; c < width; c++) out[c] += tile[c];
+                    for (int c = 0; c < SZ_W; c++) tile[c] = c < width ? out[c] : 0.0f;
+                    for (int v = 0; v < SZ_NV; v++) sz_st(tile + 16 * v, sz_ld(tile + 16 * v) + alpha * acc[r][v]);
+                    for (int c = 0; c < width; c++) out[c] = tile[c];
                 }
             }
         }
     }
-    free(xq);
 }
 
 /* A pool of threads that spin a while between calls before they sleep: a thread started per call, or
@@ -185,16 +199,28 @@ typedef struct {
     long run_id;                /* generation << 8 | parts, published last */
     int done, started;
     sz_job jobs[SZ_MAX_PARTS];
-    pid_t pid;
 } sz_pool_t;
 static sz_pool_t* sz_pool = NULL;
 static pthread_mutex_t sz_pool_init = PTHREAD_MUTEX_INITIALIZER;
+static __thread int sz_last_parts = 0;
+
+/* A forked child has none of the parent's threads, and the parent's locks as they were: it starts anew
+   (the parent's pool, in the child's copy of memory, is left). */
+static void sz_after_fork_in_child(void) {
+    pthread_mutex_init(&sz_pool_init, NULL);
+    sz_pool = NULL;
+}
+__attribute__((constructor)) static void sz_register_fork_handler(void) {
+    pthread_atfork(NULL, NULL, sz_after_fork_in_child);
+}
 
 static long sz_clock_ns(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000L + t.tv_nsec; }
-static inline void sz_relax(void) {
+/* A pause between polls, and every 1024th a yield: a thread waiting on a core it shares gives it up. */
+static inline void sz_relax(int n) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+    if ((n & 1023) == 0) sched_yield();
 }
 static int sz_usable_cores(void) {
 #ifdef __linux__
@@ -226,7 +252,7 @@ static void* sz_worker(void* arg) {
                 pthread_mutex_unlock(&pool->mu);
                 break;
             }
-            sz_relax();
+            sz_relax(n);
         }
         seen = run;
         sz_run_part(&pool->jobs[me]);
@@ -239,12 +265,9 @@ static void* sz_worker(void* arg) {
 /* The pool with `workers` threads besides the caller's (fewer if threads cannot be made), for this process. */
 static sz_pool_t* sz_get_pool(int workers) {
     pthread_mutex_lock(&sz_pool_init);
-    if (sz_pool == NULL || sz_pool->pid != getpid()) {  /* a forked child has none of the parent's threads */
+    if (sz_pool == NULL) {
         sz_pool_t* pool = (sz_pool_t*)calloc(1, sizeof(sz_pool_t));
-        if (pool) {
-            pthread_mutex_init(&pool->run, NULL); pthread_mutex_init(&pool->mu, NULL); pthread_cond_init(&pool->cv, NULL);
-            pool->pid = getpid();
-        }
+        if (pool) { pthread_mutex_init(&pool->run, NULL); pthread_mutex_init(&pool->mu, NULL); pthread_cond_init(&pool->cv, NULL); }
         sz_pool = pool;
     }
     sz_pool_t* pool = sz_pool;
@@ -264,7 +287,19 @@ static sz_pool_t* sz_get_pool(int workers) {
     return pool;
 }
 
-/* Runs the forward product (or the update) in `parts` parts; 0, or -1 if memory ran out. */
+static void sz_free_buffers(sz_job* jobs, int parts) { for (int p = 0; p < parts; p++) { free(jobs[p].buffer); jobs[p].buffer = NULL; } }
+
+/* Every part's memory, before any part writes: where one cannot have its own, nothing is written. */
+static int sz_alloc_buffers(sz_job* jobs, int parts) {
+    for (int p = 0; p < parts; p++) {
+        jobs[p].buffer = (float*)malloc(sizeof(float) * sz_part_floats(&jobs[p]));
+        if (!jobs[p].buffer) { sz_free_buffers(jobs, p); return -1; }
+    }
+    return 0;
+}
+
+/* Runs the forward product (or the update) in `parts` parts; 0, or -1 if memory ran out (then the
+   output is untouched). */
 static int sz_run(const sz_job* proto, int parts, int forward) {
     const int cores = sz_usable_cores();
     if (parts > cores) parts = cores;  /* a thread spinning with no core of its own slows every part */
@@ -273,26 +308,29 @@ static int sz_run(const sz_job* proto, int parts, int forward) {
     sz_pool_t* pool = parts > 1 ? sz_get_pool(parts - 1) : NULL;
     if (pool && pool->started + 1 < parts) parts = pool->started + 1;
     if (parts == 1 || pool == NULL || pthread_mutex_trylock(&pool->run) != 0) {
-        sz_job job = *proto; job.part = 0; job.parts = 1; job.kind = forward ? 1 : 2; job.status = 0;
+        sz_job job = *proto; job.part = 0; job.parts = 1; job.kind = forward ? 1 : 2;
+        if (sz_alloc_buffers(&job, 1)) return -1;
         sz_run_part(&job);
-        return job.status < 0 ? -1 : 0;
+        sz_free_buffers(&job, 1);
+        sz_last_parts = 1;
+        return 0;
     }
-    for (int p = 0; p < parts; p++) { pool->jobs[p] = *proto; pool->jobs[p].part = p; pool->jobs[p].parts = parts; pool->jobs[p].kind = forward ? 1 : 2; pool->jobs[p].status = 0; }
+    for (int p = 0; p < parts; p++) { pool->jobs[p] = *proto; pool->jobs[p].part = p; pool->jobs[p].parts = parts; pool->jobs[p].kind = forward ? 1 : 2; }
+    if (sz_alloc_buffers(pool->jobs, parts)) { pthread_mutex_unlock(&pool->run); return -1; }
     __atomic_store_n(&pool->done, 0, __ATOMIC_RELEASE);
     pthread_mutex_lock(&pool->mu);
     __atomic_store_n(&pool->run_id, ((pool->run_id >> 8) + 1) << 8 | parts, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool->cv);
     pthread_mutex_unlock(&pool->mu);
     sz_run_part(&pool->jobs[0]);
-    while (__atomic_load_n(&pool->done, __ATOMIC_ACQUIRE) < parts - 1) sz_relax();
-    int status = 0;
-    for (int p = 0; p < parts; p++) if (pool->jobs[p].status < 0) status = -1;
+    for (int n = 1; __atomic_load_n(&pool->done, __ATOMIC_ACQUIRE) < parts - 1; n++) sz_relax(n);
+    sz_free_buffers(pool->jobs, parts);
     pthread_mutex_unlock(&pool->run);
-    return status;
+    sz_last_parts = parts;
+    return 0;
 }
 
-
-/* Exported: 0, -1 where memory ran out (then the output is incomplete), -2 for bad sizes. Strides in
+/* Exported: 0, -1 where memory ran out (then the output is untouched), -2 for bad sizes. Strides in
    elements of each array. */
 static int sz_prepare(sz_job* job, const unsigned char* x, int64_t m, int64_t k, int64_t sx0, int64_t sx1, int64_t n, int** idx) {
     if (m < 0 || k < 0 || n < 0 || m > (1 << 30) || k > (1 << 30) || n > (1 << 30)) return -2;
@@ -325,6 +363,9 @@ int mnistgui_pixel_gemm_update(const unsigned char* x, int64_t m, int64_t k, int
     free(idx);
     return status;
 }
+
+/* The parts the last product or update on the calling thread ran in: for tests. */
+int mnistgui_pixel_last_parts(void) { return sz_last_parts; }
 
 /* How many of x's columns hold a non-zero pixel: for tests. */
 int mnistgui_pixel_nonzero_columns(const unsigned char* x, int64_t m, int64_t k, int64_t sx0, int64_t sx1) {

@@ -91,7 +91,7 @@ def _build() -> ctypes.CDLL | None:
                     return None
                 os.replace(built, path)
         return _load(path)
-    except (OSError, subprocess.SubprocessError) as error:
+    except Exception as error:  # noqa: BLE001 - whatever stops the build (the compiler, its flags, the loader) leaves NumPy's products
         _log.warning("The pixel-product kernels are not available (%s); NumPy's products instead.", error)
         return None
 
@@ -103,8 +103,9 @@ def _load(path: Path) -> ctypes.CDLL:
     library.mnistgui_pixel_gemm_update.argtypes = [ptr, i64, i64, i64, i64, f32, ptr, i64, i64, f32, ptr, i64,
                                                    ctypes.c_int]
     library.mnistgui_pixel_nonzero_columns.argtypes = [ptr, i64, i64, i64, i64]
+    library.mnistgui_pixel_last_parts.argtypes = []
     for function in (library.mnistgui_pixel_product, library.mnistgui_pixel_gemm_update,
-                     library.mnistgui_pixel_nonzero_columns):
+                     library.mnistgui_pixel_nonzero_columns, library.mnistgui_pixel_last_parts):
         function.restype = ctypes.c_int
     return library
 
@@ -127,7 +128,7 @@ def _threads() -> int:
 
 def _check(status: int) -> None:
     if status == -1:
-        raise MemoryError("the pixel-product kernels ran out of memory")
+        raise MemoryError("the pixel-product kernels ran out of memory (their output was left as it was)")
     if status != 0:
         raise ValueError(f"the pixel-product kernels refused their sizes (status {status})")
 
@@ -190,7 +191,15 @@ def nonzero_columns(images: np.ndarray) -> int:
     kernels = library()
     if kernels is None:
         return int(np.count_nonzero(images.any(axis=0)))
-    return kernels.mnistgui_pixel_nonzero_columns(images.ctypes.data, *images.shape, *images.strides)
+    count = kernels.mnistgui_pixel_nonzero_columns(images.ctypes.data, *images.shape, *images.strides)
+    _check(min(count, 0))
+    return count
+
+
+def last_parts() -> int:
+    """The parts the last product or update on this thread ran in (1 where it ran alone), 0 before any."""
+    kernels = library()
+    return 0 if kernels is None else kernels.mnistgui_pixel_last_parts()
 
 
 def used_by(function) -> bool:

@@ -186,8 +186,7 @@ class NeuralModel:
         # Pixels arrive as uint8 and are scaled inside the graph: a quarter of the memory traffic.
         self.images = pt.matrix("images", dtype="uint8")
         self.labels = pt.ivector("labels")
-        # Whether the training function multiplies the pixels with pixel_products' kernels (backend.kernel_cores:
-        # the prediction function of the dropout MLP does too, but its training products want BLAS's threads).
+        # Whether the compiled functions multiply the pixels with pixel_products' kernels (backend.kernel_cores).
         self.runs_pixel_products = False
         pixels = pt.cast(self.images, "float32") * np.float32(1.0 / 255.0)
         # The training and prediction graphs are twins over the same shared weights: dropout on, off.
@@ -269,6 +268,7 @@ class NeuralModel:
         start = time.perf_counter()
         if self._predict is None:
             self._predict = backend.function([self.images], self.layers["probs"], mode=self._mode())
+            self.runs_pixel_products |= pixel_products.used_by(self._predict)
         return time.perf_counter() - start
 
     def predict_proba(self, images: np.ndarray, chunk: int = EVAL_CHUNK) -> np.ndarray:
