@@ -55,6 +55,36 @@ def test_the_forward_product_equals_float64_within_rounding_on_any_number_of_thr
     assert np.all(np.abs(results[0] - _float64_product(images, w)) <= _bound(images, w))
 
 
+def test_the_sigmoid_in_the_same_pass_is_within_a_few_ulps_of_float64(batches):
+    images = np.ascontiguousarray(batches[2000:2128])
+    results = {}
+    for std in (0.01, 0.3):
+        w = _weights((784, 625), 10) * np.float32(std / 0.01)
+        product = pixel_product(images, SCALE, w)
+        results[std] = [pixel_product(images, SCALE, w, sigmoid=True, threads=threads) for threads in (1, 2)]
+        assert np.array_equal(*results[std])
+        exact = 1 / (1 + np.exp(-product.astype(np.float64)))
+        ulps = np.abs(results[std][0] - exact) / np.spacing(exact.astype(np.float32))
+        assert ulps.max() <= 4, (std, ulps.max())
+    assert results[0.3][0].min() < 1e-5 and results[0.3][0].max() > 1 - 1e-5  # the tails reached
+
+
+def test_the_sigmoids_tails_are_one_and_zero_and_nan_stays_nan():
+    """Beyond exp's range the sigmoid is 1 or exactly 0, never a denormal (as NumPy's, whose exp
+    overflows); a NaN product stays NaN, so a diverging run is still seen."""
+    images = np.zeros((3, 784), dtype=np.uint8)
+    images[:, 0] = 255
+    w = np.zeros((784, 80), dtype=np.float32)
+    w[0] = np.linspace(-300, 300, 80)
+    w[0, 40] = np.nan
+    got = pixel_product(images, SCALE, w, sigmoid=True)[0]
+    assert np.isnan(got[40]) and np.isnan(got).sum() == 1
+    values = got[~np.isnan(got)]
+    assert np.all((values == 0) | (values >= np.finfo(np.float32).tiny))
+    assert got[0] == 0 and got[-1] == 1
+    assert np.all(np.diff(values) >= 0)
+
+
 @pytest.mark.parametrize("rows, columns, strided", [(128, 625, False), (7, 17, True), (130, 33, False),
                                                      (1, 1, True), (64, 100, True)])
 def test_the_update_equals_float64_within_rounding_on_any_number_of_threads(batches, rows, columns, strided):
@@ -195,6 +225,8 @@ def test_a_missing_or_failing_compiler_leaves_numpys_products(monkeypatch, caplo
     images = np.random.default_rng(0).integers(0, 256, (8, 784)).astype(np.uint8)
     w = _weights((784, 64))
     np.testing.assert_allclose(pixel_product(images, SCALE, w), _float64_product(images, w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pixel_product(images, SCALE, w, sigmoid=True),
+                               1 / (1 + np.exp(-_float64_product(images, w))), rtol=1e-5)
 
 
 def _ops(fn):
@@ -224,6 +256,13 @@ def test_only_a_product_of_scaled_uint8_pixels_with_wide_shared_weights_is_taken
                    for op in _ops(backend.function([narrow_images], pt.dot(narrow_pixels, narrow_w), mode=c)))
     floats = pt.matrix("floats", dtype="float32")
     assert not any(isinstance(op, PixelProduct) for op in _ops(backend.function([floats], pt.dot(floats, w), mode=c)))
+    # A sigmoid of the product joins it, unless the product itself is read too.
+    hidden = pt.sigmoid(pt.dot(pixels, w))
+    fused = backend.function([images], hidden, mode=c)
+    assert [op.sigmoid for op in _pixel_ops(fused)] == [True]
+    assert np.array_equal(fused(images_value), pixel_product(images_value, SCALE, w.get_value(), sigmoid=True))
+    both = backend.function([images], [hidden, pt.dot(pixels, w)], mode=c)
+    assert [op.sigmoid for op in _pixel_ops(both)] == [False]
     # A graph with a large product besides keeps BLAS's threads for it, and NumPy's products.
     square = pytensor.shared(_weights((625, 625)), name="square")
     assert _pixel_ops(backend.function([images], pt.dot(pt.sigmoid(pt.dot(pixels, w)), square), mode=c)) == []
@@ -281,7 +320,7 @@ def test_the_sigmoid_mlp_runs_them_and_holds_blas_to_one_thread(mnist):
     trainer = Trainer(create_model(config), mnist.subset(1280, 500))
     trainer.compile()
     ops = _ops(trainer._train_fn)
-    assert sum(isinstance(op, PixelProduct) for op in ops) == 1
+    assert [op.sigmoid for op in ops if isinstance(op, PixelProduct)] == [True]  # the hidden layer in one pass
     assert [op.inplace for op in ops if isinstance(op, PixelGemmUpdate)] == [True]
     assert trainer.model.runs_pixel_products
     with backend.kernel_cores(trainer.model):

@@ -19,7 +19,7 @@ stays as it was.
 **A product with the batch of images skips its all-zero pixel columns.** `dot(pixels, w)` and the SGD
 update `w - lr * dot(pixels.T, d)`, where `pixels` is `cast(images, float32) * scale` for the uint8 batch
 and `w` a shared matrix at least pixel_products.MIN_COLUMNS wide, become pixel_products' Ops, which take
-the uint8 batch itself (see there).
+the uint8 batch itself (see there); a sigmoid of the product is taken in the same pass.
 """
 
 from __future__ import annotations
@@ -242,6 +242,19 @@ def _transposed_scaled_pixels(x):
     return None if images is None else (images, parts[1])
 
 
+@node_rewriter([Elemwise, NumpySigmoid])
+def sigmoid_of_pixel_product(fgraph, node):
+    """sigmoid(PixelProduct) as one pass, where nothing else reads the product (the sigmoid MLP's hidden
+    layer: its gradient reads the sigmoid's output)."""
+    if isinstance(node.op, Elemwise) and (not isinstance(node.op.scalar_op, Sigmoid) or node.op.inplace_pattern):
+        return None
+    (product,) = node.inputs
+    owner = product.owner
+    if owner is None or not isinstance(owner.op, PixelProduct) or owner.op.sigmoid or len(fgraph.clients[product]) != 1:
+        return None
+    return [PixelProduct(sigmoid=True)(*owner.inputs)]
+
+
 @node_rewriter([GemmUpdate])
 def gemm_update_of_pixels(fgraph, node):
     w, lr, a, d = node.inputs
@@ -262,8 +275,9 @@ def gemm_update_in_place(fgraph, node):
 
 def register_c_rewrites(mode):
     """The c mode with the rewrites of this module."""
-    mode = mode.register((in2out(standalone_sigmoid_to_numpy, sgd_update_to_gemm, gemm_update_of_pixels,
-                                 product_of_pixels, name="mnistgui_c_fast_paths"), REWRITE_POSITION))
+    mode = mode.register((in2out(sigmoid_of_pixel_product, standalone_sigmoid_to_numpy, sgd_update_to_gemm,
+                                 gemm_update_of_pixels, product_of_pixels, name="mnistgui_c_fast_paths"),
+                          REWRITE_POSITION))
     # The destroy handler refuses the in-place form where w is read after the update or may not be
     # overwritten (an input the caller passed, not an updated shared variable): then it stays a copy.
     return mode.register((dfs_rewriter(gemm_update_in_place, name="mnistgui_gemm_update_in_place"), INPLACE_POSITION))

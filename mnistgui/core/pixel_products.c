@@ -39,6 +39,36 @@ static inline sz_v16 sz_ld(const float* p) { return *(const sz_v16u*)p; }
 static inline void sz_st(float* p, sz_v16 v) { *(sz_v16u*)p = v; }
 static inline sz_v16 sz_bc(const float* p) { float s = *p; sz_v16 v = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; return v; }
 static inline sz_v16 sz_zero(void) { sz_v16 v = {0}; return v; }
+static inline sz_v16 sz_splat(float s) { return sz_bc(&s); }
+
+typedef int sz_i16 __attribute__((vector_size(64)));
+/* where mask (all ones or all zeros per lane) then a else b */
+static inline sz_v16 sz_select(sz_i16 mask, sz_v16 a, sz_v16 b) { return (sz_v16)(((sz_i16)a & mask) | ((sz_i16)b & ~mask)); }
+
+/* 1 / (1 + exp(-x)) in float32, exp as Cephes' expf (a degree-6 polynomial on x - n ln 2, then 2^n):
+   within a few units in the last place of the rounded exact value; NaN stays NaN. The exponent is held
+   to [-87.3, 87.3], where 2^n and the sigmoid are normal floats: below it the sigmoid is 1, above it 0
+   (NumPy's is 0 from 88.7, where its exp overflows, and a denormal between: a denormal would slow every
+   product that reads it). */
+static inline sz_v16 sz_sigmoid(sz_v16 x) {
+    sz_v16 t = -x;
+    const sz_i16 vanishing = t > sz_splat(87.3f);
+    t = sz_select(vanishing, sz_splat(87.3f), t);
+    t = sz_select(t < sz_splat(-87.3f), sz_splat(-87.3f), t);
+    const sz_v16 magic = sz_splat(12582912.0f);  /* 1.5 * 2^23: adding it rounds to an integer */
+    sz_v16 n = (t * sz_splat(1.44269504088896341f) + magic) - magic;
+    sz_v16 r = t - n * sz_splat(0.693359375f) - n * sz_splat(-2.12194440e-4f);
+    sz_v16 p = sz_splat(1.9875691500e-4f);
+    p = p * r + sz_splat(1.3981999507e-3f);
+    p = p * r + sz_splat(8.3334519073e-3f);
+    p = p * r + sz_splat(4.1665795894e-2f);
+    p = p * r + sz_splat(1.6666665459e-1f);
+    p = p * r + sz_splat(5.0000001201e-1f);
+    p = p * (r * r) + r + sz_splat(1.0f);
+    sz_i16 exponent = (__builtin_convertvector(n, sz_i16) + 127) << 23;
+    sz_v16 e = p * (sz_v16)exponent;
+    return sz_select(vanishing, sz_zero(), sz_splat(1.0f) / (sz_splat(1.0f) + e));
+}
 
 /* The columns of x (m rows, strides in bytes) with any non-zero entry, in order; their count. */
 static int sz_nonzero_columns(const unsigned char* x, int m, int k, int64_t sx0, int64_t sx1, int* idx, unsigned char* any) {
@@ -57,6 +87,7 @@ typedef struct {
     const unsigned char* x; const float *w, *d; float* y; float scale, alpha;
     int m, n, kp; int64_t sx0, sx1, sw0, sy0, sd0; const int* idx;
     int part, parts, kind;  /* kind: 1 the forward product, 2 the update */
+    int sigmoid;            /* forward: the logistic sigmoid of each output, in the same pass */
     float* buffer;          /* the part's packed operands: sz_part_floats() floats */
 } sz_job;
 
@@ -120,6 +151,9 @@ static void sz_forward_cols(sz_job* job) {
                     for (int v = 0; v < SZ_NV; v++) acc[r][v] += a * wv[v];
                 }
             }
+            if (job->sigmoid)
+                for (int r = 0; r < SZ_R; r++)
+                    for (int v = 0; v < SZ_NV; v++) acc[r][v] = sz_sigmoid(acc[r][v]);
             for (int r = 0; r < SZ_R && b * SZ_R + r < m; r++) {
                 float* out = job->y + (b * SZ_R + r) * job->sy0 + j;
                 if (width == SZ_W) { for (int v = 0; v < SZ_NV; v++) sz_st(out + 16 * v, acc[r][v]); }
@@ -343,11 +377,11 @@ static int sz_prepare(sz_job* job, const unsigned char* x, int64_t m, int64_t k,
 }
 
 int mnistgui_pixel_product(const unsigned char* x, int64_t m, int64_t k, int64_t sx0, int64_t sx1, float scale,
-                           const float* w, int64_t n, int64_t sw0, float* y, int64_t sy0, int parts) {
+                           const float* w, int64_t n, int64_t sw0, float* y, int64_t sy0, int sigmoid, int parts) {
     sz_job job; int* idx;
     int status = sz_prepare(&job, x, m, k, sx0, sx1, n, &idx);
     if (status) return status;
-    job.scale = scale; job.w = w; job.sw0 = sw0; job.y = y; job.sy0 = sy0;
+    job.scale = scale; job.w = w; job.sw0 = sw0; job.y = y; job.sy0 = sy0; job.sigmoid = sigmoid;
     status = sz_run(&job, parts, 1);
     free(idx);
     return status;

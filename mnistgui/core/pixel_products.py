@@ -99,7 +99,8 @@ def _build() -> ctypes.CDLL | None:
 def _load(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    library.mnistgui_pixel_product.argtypes = [ptr, i64, i64, i64, i64, f32, ptr, i64, i64, ptr, i64, ctypes.c_int]
+    library.mnistgui_pixel_product.argtypes = [ptr, i64, i64, i64, i64, f32, ptr, i64, i64, ptr, i64, ctypes.c_int,
+                                               ctypes.c_int]
     library.mnistgui_pixel_gemm_update.argtypes = [ptr, i64, i64, i64, i64, f32, ptr, i64, i64, f32, ptr, i64,
                                                    ctypes.c_int]
     library.mnistgui_pixel_nonzero_columns.argtypes = [ptr, i64, i64, i64, i64]
@@ -152,8 +153,10 @@ def scaled(images: np.ndarray, scale: float) -> np.ndarray:
     return images.astype(np.float32) * np.float32(scale)
 
 
-def pixel_product(images: np.ndarray, scale: float, w: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """(images * scale) @ w, for uint8 images (m, k) and float32 weights (k, n)."""
+def pixel_product(images: np.ndarray, scale: float, w: np.ndarray, threads: int | None = None,
+                  sigmoid: bool = False) -> np.ndarray:
+    """(images * scale) @ w, for uint8 images (m, k) and float32 weights (k, n); with `sigmoid`, the
+    logistic sigmoid of it, taken in the same pass (the kernels' own exp, within a few ulps of libm's)."""
     images, w = _pixels(images), _float_matrix(w, "the weights")
     (m, k), (k2, n) = images.shape, w.shape
     if k != k2:
@@ -161,9 +164,14 @@ def pixel_product(images: np.ndarray, scale: float, w: np.ndarray, threads: int 
     out = np.empty((m, n), dtype=np.float32)
     kernels = library()
     if kernels is None:
-        return np.dot(scaled(images, scale), w, out=out)
+        np.dot(scaled(images, scale), w, out=out)
+        if sigmoid:
+            from .c_rewrites import sigmoid_numpy
+
+            return sigmoid_numpy(out)
+        return out
     _check(kernels.mnistgui_pixel_product(images.ctypes.data, m, k, images.strides[0], images.strides[1], scale,
-                                          w.ctypes.data, n, n, out.ctypes.data, n, threads or _threads()))
+                                          w.ctypes.data, n, n, out.ctypes.data, n, int(sigmoid), threads or _threads()))
     return out
 
 
@@ -210,10 +218,13 @@ def used_by(function) -> bool:
 
 
 class PixelProduct(Op):
-    """(cast(images, float32) * scale) @ w for a uint8 matrix of images; only ever put in a graph by the
-    c mode's rewrites (c_rewrites)."""
+    """(cast(images, float32) * scale) @ w for a uint8 matrix of images, or its sigmoid; only ever put in
+    a graph by the c mode's rewrites (c_rewrites)."""
 
-    __props__ = ()
+    __props__ = ("sigmoid",)
+
+    def __init__(self, sigmoid: bool = False):
+        self.sigmoid = sigmoid
 
     def make_node(self, images, scale, w):
         images, scale, w = (pt.as_tensor_variable(v) for v in (images, scale, w))
@@ -222,7 +233,7 @@ class PixelProduct(Op):
 
     def perform(self, node, inputs, output_storage):
         images, scale, w = inputs
-        output_storage[0][0] = pixel_product(images, float(scale), w)
+        output_storage[0][0] = pixel_product(images, float(scale), w, sigmoid=self.sigmoid)
 
     def infer_shape(self, *args):  # (fgraph, node, shapes) on PyTensor 3.0, (node, shapes) on 3.3
         shapes = args[-1]
