@@ -106,6 +106,27 @@ static size_t sz_part_floats(const sz_job* job) {
     return (size_t)(b1 > b0 ? b1 - b0 : 0) * SZ_R * m + m * SZ_W + 1;
 }
 
+/* acc[r] = sum over t < count of a[t][r] * b[t], a packed SZ_R floats a step and b SZ_W: one register
+   tile, each sum from zero in the order of t, one fused multiply-add a term. */
+static inline __attribute__((always_inline)) void sz_tile_sums(const float* a, const float* b, int count,
+                                                               sz_v16 acc[SZ_R][SZ_NV]) {
+    #pragma GCC unroll 16
+    for (int r = 0; r < SZ_R; r++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < SZ_NV; v++) acc[r][v] = sz_zero();
+    for (int t = 0; t < count; t++, a += SZ_R, b += SZ_W) {
+        sz_v16 bv[SZ_NV];
+        #pragma GCC unroll 4
+        for (int v = 0; v < SZ_NV; v++) bv[v] = sz_ld(b + 16 * v);
+        #pragma GCC unroll 16
+        for (int r = 0; r < SZ_R; r++) {
+            sz_v16 x = sz_bc(a + r);
+            #pragma GCC unroll 4
+            for (int v = 0; v < SZ_NV; v++) acc[r][v] += x * bv[v];
+        }
+    }
+}
+
 /* y[:, this part's columns] = x @ w, each entry a sum from zero over the listed columns of x in order,
    one fused multiply-add each. Every part packs all of x's rows (a fifth of the bytes of w's it packs). */
 static void sz_forward_cols(sz_job* job) {
@@ -134,23 +155,7 @@ static void sz_forward_cols(sz_job* job) {
         }
         for (int b = 0; b < blocks; b++) {
             sz_v16 acc[SZ_R][SZ_NV];
-            #pragma GCC unroll 16
-            for (int r = 0; r < SZ_R; r++)
-                #pragma GCC unroll 4
-                for (int v = 0; v < SZ_NV; v++) acc[r][v] = sz_zero();
-            const float* xs = xp + (size_t)b * SZ_R * kp;
-            const float* ws = wp;
-            for (int kk = 0; kk < kp; kk++, xs += SZ_R, ws += SZ_W) {
-                sz_v16 wv[SZ_NV];
-                #pragma GCC unroll 4
-                for (int v = 0; v < SZ_NV; v++) wv[v] = sz_ld(ws + 16 * v);
-                #pragma GCC unroll 16
-                for (int r = 0; r < SZ_R; r++) {
-                    sz_v16 a = sz_bc(xs + r);
-                    #pragma GCC unroll 4
-                    for (int v = 0; v < SZ_NV; v++) acc[r][v] += a * wv[v];
-                }
-            }
+            sz_tile_sums(xp + (size_t)b * SZ_R * kp, wp, kp, acc);
             if (job->sigmoid)
                 for (int r = 0; r < SZ_R; r++)
                     for (int v = 0; v < SZ_NV; v++) acc[r][v] = sz_sigmoid(acc[r][v]);
@@ -191,23 +196,7 @@ static void sz_update_rows(sz_job* job) {
         }
         for (int b = b0; b < b1; b++) {
             sz_v16 acc[SZ_R][SZ_NV];
-            #pragma GCC unroll 16
-            for (int r = 0; r < SZ_R; r++)
-                #pragma GCC unroll 4
-                for (int v = 0; v < SZ_NV; v++) acc[r][v] = sz_zero();
-            const float* xs = xq + (size_t)(b - b0) * m * SZ_R;
-            const float* ds = dp;
-            for (int i = 0; i < m; i++, xs += SZ_R, ds += SZ_W) {
-                sz_v16 dv[SZ_NV];
-                #pragma GCC unroll 4
-                for (int v = 0; v < SZ_NV; v++) dv[v] = sz_ld(ds + 16 * v);
-                #pragma GCC unroll 16
-                for (int r = 0; r < SZ_R; r++) {
-                    sz_v16 a = sz_bc(xs + r);
-                    #pragma GCC unroll 4
-                    for (int v = 0; v < SZ_NV; v++) acc[r][v] += a * dv[v];
-                }
-            }
+            sz_tile_sums(xq + (size_t)(b - b0) * m * SZ_R, dp, m, acc);
             for (int r = 0; r < SZ_R && b * SZ_R + r < kp; r++) {
                 float* out = job->y + (int64_t)job->idx[b * SZ_R + r] * job->sy0 + j;
                 if (width == SZ_W) { for (int v = 0; v < SZ_NV; v++) sz_st(out + 16 * v, sz_ld(out + 16 * v) + alpha * acc[r][v]); }
