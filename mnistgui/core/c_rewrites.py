@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import dfs_rewriter, in2out, node_rewriter
 from pytensor.scalar import basic as scalar
 from pytensor.scalar.math import Sigmoid
@@ -204,7 +204,8 @@ def _products_left_to_blas_are_small(fgraph) -> bool:
         if _scaled_pixels(operands[0]) is not None or _transposed_scaled_pixels(operands[0]) is not None:
             continue  # one of the pixel products themselves
         for operand in operands:
-            shared = _transpose_of(operand) if _transpose_of(operand) is not None else operand
+            inner = _transpose_of(operand)
+            shared = operand if inner is None else inner
             if isinstance(shared, SharedVariable) and np.ndim(value := shared.get_value(borrow=True)) == 2 \
                     and min(value.shape) >= pixel_products.MIN_COLUMNS:
                 return False

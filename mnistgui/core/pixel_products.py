@@ -37,9 +37,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-import pytensor.tensor as pt
+
+from .ops import kernel_threads
 
 _log = logging.getLogger(__name__)
 
@@ -121,12 +123,6 @@ def library() -> ctypes.CDLL | None:
         return _state["library"]
 
 
-def _threads() -> int:
-    from .ops import kernel_threads
-
-    return kernel_threads()
-
-
 def _check(status: int) -> None:
     if status == -1:
         raise MemoryError("the pixel-product kernels ran out of memory (their output was left as it was)")
@@ -171,7 +167,7 @@ def pixel_product(images: np.ndarray, scale: float, w: np.ndarray, threads: int 
             return sigmoid_numpy(out)
         return out
     _check(kernels.mnistgui_pixel_product(images.ctypes.data, m, k, images.strides[0], images.strides[1], scale,
-                                          w.ctypes.data, n, n, out.ctypes.data, n, int(sigmoid), threads or _threads()))
+                                          w.ctypes.data, n, n, out.ctypes.data, n, int(sigmoid), threads or kernel_threads()))
     return out
 
 
@@ -189,7 +185,7 @@ def pixel_gemm_update(w: np.ndarray, alpha: float, images: np.ndarray, scale: fl
         w += np.float32(alpha) * np.dot(scaled(images, scale).T, d)
         return w
     _check(kernels.mnistgui_pixel_gemm_update(images.ctypes.data, m, k, images.strides[0], images.strides[1], scale,
-                                              d.ctypes.data, n, n, alpha, w.ctypes.data, n, threads or _threads()))
+                                              d.ctypes.data, n, n, alpha, w.ctypes.data, n, threads or kernel_threads()))
     return w
 
 
