@@ -23,12 +23,13 @@ from pathlib import Path
 
 from . import __version__
 from .core.config import (
-    DATASET_TITLES, DATASETS, GROUPS, MODEL_TITLES, MODELS, SETTINGS, SETTINGS_LIST, Config, Setting, config_changes, relevant_fields,
+    BACKENDS, DATASET_TITLES, DATASETS, GROUPS, MODEL_TITLES, MODELS, SETTINGS, SETTINGS_LIST, TRAINED_MODELS, Config, Setting,
+    config_changes, relevant_fields,
 )
 from .core.errors import ConfigError, MnistguiError
 from .core.presets import PRESETS, preset
 
-SUBCOMMANDS = ("train", "evaluate", "info", "download", "bench", "reproduce", "predict", "attack")
+SUBCOMMANDS = ("train", "evaluate", "info", "download", "precompile", "bench", "reproduce", "predict", "attack")
 GLOBAL_FLAGS = ("--debug",)
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -154,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dataset", choices=DATASETS, default="mnist")
     download.add_argument("--dir", metavar="DIR", help="download here instead")
     download.set_defaults(func=cmd_download)
+
+    precompile = commands.add_parser(
+        "precompile", help="compile each model's default configuration now, so that training starts warm",
+        description="Compile the training and prediction functions of each model's default configuration into "
+        "the on-disk caches (PyTensor's, and Numba's under --backend numba), so that a later run or the window's "
+        "Start finds them compiled. Building the packaged app uses it to ship its compiled graphs.")
+    precompile.add_argument("--models", nargs="+", choices=sorted(TRAINED_MODELS), metavar="MODEL",
+                            help=f"the models to compile (default: all of {', '.join(sorted(TRAINED_MODELS))})")
+    precompile.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to compile for")
+    precompile.set_defaults(func=cmd_precompile)
 
     from .bench import add_parser as add_bench_parser
 
@@ -426,6 +437,17 @@ def cmd_download(args) -> int:
     data.fetch_dataset(args.dataset, target, progress=_download_progress(sys.stderr))
     data.load_dataset(args.dataset, target)
     print(f"{data.DATASET_TITLES[args.dataset]} ready in {target}")
+    return 0
+
+
+def cmd_precompile(args) -> int:
+    from .core.backend import resolve_backend
+    from .core.workspace import precompile
+
+    for model in args.models or [model for model in MODELS if model in TRAINED_MODELS]:
+        config = Config.for_model(model, backend=args.backend)
+        seconds = precompile(config)
+        print(f"{model}: compiled in {seconds:.2f} s (backend {resolve_backend(config.backend)})", flush=True)
     return 0
 
 

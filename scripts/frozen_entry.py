@@ -2,7 +2,12 @@
 
 import sys
 
-from mnistgui.cli import main
+from mnistgui import shipped_cache
+
+# Before anything imports Numba: compile for the CPU level the app's shipped graphs were built for.
+shipped_cache.choose_cpu_level()
+
+from mnistgui.cli import main  # noqa: E402  (after the CPU level)
 
 if __name__ == "__main__":
     sys.exit(main())

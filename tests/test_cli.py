@@ -151,7 +151,7 @@ def test_unexpected_error_is_one_line_and_exit_1_and_debug_shows_the_traceback(c
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["trian"], "unknown command 'trian' (did you mean 'train'? commands: train, evaluate, info, download, bench"),
+        (["trian"], "unknown command 'trian' (did you mean 'train'? commands: train, evaluate, info, download, precompile, bench"),
         (["xyzzy", "--models", "logreg"], "unknown command 'xyzzy' (commands: train,"),
         (["reprodce", "--models", "logreg"], "unknown command 'reprodce' (did you mean 'reproduce'?"),
         (["evalute", "m.h5"], "unknown command 'evalute' (did you mean 'evaluate'?"),

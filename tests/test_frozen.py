@@ -1,4 +1,5 @@
-"""The frozen (PyInstaller) app: built from mnistgui.spec, then run as a user runs it.
+"""The frozen (PyInstaller) app: built from mnistgui.spec with its default graphs compiled inside
+(mnistgui/shipped_cache.py), then run as a user runs it, from an empty cache.
 
 Takes about three minutes of both cores. Leave it out of a quick local run with MNISTGUI_SKIP_FROZEN=1
 or `-m "not frozen"`; CI (.ci/run) unsets the variable, so it always runs there on Python 3.11.
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistgui import __version__
+from mnistgui import __version__, shipped_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +25,6 @@ def test_frozen_app_builds_opens_and_trains_without_a_compiler():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"mnistgui {__version__}" in result.stdout
     assert "backend numba" in result.stdout and "frozen app OK" in result.stdout
+    if shipped_cache.cpu_levels():  # it shipped its graphs compiled, and the convnet found all it ran there
+        assert "compiling the default graphs for x86-64-v3 into the app" in result.stdout
+        assert "the convnet ran from the app's compiled graphs" in result.stdout

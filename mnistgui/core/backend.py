@@ -37,6 +37,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.mode import Mode
 
+from .. import shipped_cache
 from . import c_rewrites, ops
 
 try:
@@ -293,11 +294,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_numba_cache_seeded = False
+
+
+def _seed_numba_cache_once() -> None:
+    """The packaged app's shipped graphs into PyTensor's Numba cache, before its first Numba compile."""
+    global _numba_cache_seeded
+    if not _numba_cache_seeded:
+        _numba_cache_seeded = True
+        shipped_cache.seed_pytensor_cache()
+
+
 def compile_mode(backend: str) -> Mode:
     backend = resolve_backend(backend)
     if backend == "numba":
         ops.register_backend("numba")
         _register_numba_random()
+        _seed_numba_cache_once()
         return pytensor.compile.mode.get_mode("NUMBA")
     if backend == "jax":
         ops.register_backend("jax")

@@ -22,6 +22,7 @@ Filters stay (filters, channels, rows, cols), as in Theano and in the model file
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import sys
 import threading
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numba
 import numpy as np
 import pytensor.tensor as pt
+from numba.extending import intrinsic
 from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
@@ -213,17 +215,27 @@ def numba_kernel_threads() -> int:
     """The parts the Numba kernels cut a batch into: `kernel_threads()`, or 1 where Numba's threads cannot
     run them safely (above). The first call starts Numba's threads."""
     threads = kernel_threads()
-    if threads == 1:
-        return 1
-    state = _numba_layer.get("state")
-    if state is None:
-        with _numba_layer_lock:
-            state = _numba_layer.get("state")
-            if state is None:
-                numba.get_num_threads()  # starts the threading layer, whichever loads
-                layer = numba.threading_layer()
-                state = _numba_layer["state"] = (layer, layer in _SAFE_LAYERS)
-    return threads if state[1] else 1
+    if threads > 1:
+        state = _numba_layer.get("state")
+        if state is None:
+            with _numba_layer_lock:
+                state = _numba_layer.get("state")
+                if state is None:
+                    numba.get_num_threads()  # starts the threading layer, whichever loads
+                    layer = numba.threading_layer()
+                    state = _numba_layer["state"] = (layer, layer in _SAFE_LAYERS)
+        threads = threads if state[1] else 1
+    _numba_kernel_parts.value = threads
+    return threads
+
+
+# The parts the Numba Ops cut a batch into are read when they run, from this C int (`_kernel_parts_nb`
+# loads it through an external symbol), not built into each compiled graph: so one cached graph serves
+# any number of cores, and the packaged app can ship its graphs compiled (`mnistgui/shipped_cache.py`).
+# `numba_kernel_threads()` sets it whenever it is asked, as each Op is compiled; 1 until then, and in a
+# child forked after OpenMP started.
+_numba_kernel_parts = ctypes.c_int32(1)
+_KERNEL_PARTS_SYMBOL = "mnistgui_numba_kernel_parts"
 
 
 def _numba_threads_after_fork_in_child() -> None:
@@ -236,6 +248,8 @@ def _numba_threads_after_fork_in_child() -> None:
     if getattr(parallel, "_is_initialized", True):
         layer = numba.threading_layer()
         _numba_layer["state"] = (layer, layer == "tbb")
+        if layer != "tbb":
+            _numba_kernel_parts.value = 1
 
 
 if hasattr(os, "register_at_fork"):
@@ -832,7 +846,7 @@ def _filters_as_matrix_nb(k):
 
 # The C backend's parts and blocks, on Numba's threads: each kernel cuts its batch into the parts the C
 # kernels would for `threads` (`_parts_nb`, `_bounds_nb`; the Ops pass `numba_kernel_threads()`, read when
-# the graph is compiled) and runs them under `prange`, each part in blocks whose patches stay in cache
+# they run: `_kernel_parts_nb`) and runs them under `prange`, each part in blocks whose patches stay in cache
 # between im2col and the product, with BLAS on one thread meanwhile (`backend.kernel_cores`). A part runs
 # what the C backend's part runs, so a filter gradient, summed over the parts in order, is the same sum.
 # One part (a small batch, or one thread) runs on the calling thread, with no parallel launch. The C
@@ -1031,18 +1045,33 @@ def matmul_in_parts_nb(a, b, threads):
     return out
 
 
-_NUMBA_KERNEL_VERSION = 7  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
+_NUMBA_KERNEL_VERSION = 8  # bump when a kernel changes, so PyTensor's Numba cache is refreshed
 
 
-def _numba_cache_salt(threads: int) -> int:
-    """PyTensor's Numba cache key for an Op whose kernels cut batches for `threads` (1-8)."""
-    return _NUMBA_KERNEL_VERSION * 16 + threads
+@intrinsic
+def _kernel_parts_nb(typingctx):
+    """`_numba_kernel_parts`, loaded when the jitted code runs (an external symbol, so a graph loaded
+    from Numba's cache reads it too)."""
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        parts = builder.module.globals.get(_KERNEL_PARTS_SYMBOL)
+        if parts is None:
+            parts = ir.GlobalVariable(builder.module, ir.IntType(32), _KERNEL_PARTS_SYMBOL)
+            parts.linkage = "external"
+        return builder.sext(builder.load(parts), ir.IntType(64))
+
+    return numba.types.int64(), codegen
 
 
 def _register_numba() -> None:
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls: loaded now, so a hold on BLAS finds it)
+    from llvmlite import binding as llvm
     from pytensor.link.numba.dispatch import basic as numba_basic
     from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+
+    llvm.add_symbol(_KERNEL_PARTS_SYMBOL, ctypes.addressof(_numba_kernel_parts))
 
     def caster(node, index):
         """A jitted v -> v as the output's dtype for input `index` (no copy when it is that already),
@@ -1054,69 +1083,69 @@ def _register_numba() -> None:
 
     @register_funcify_default_op_cache_key(Corr2dValid)
     def numba_funcify_corr2d_valid(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         cast_x, cast_k = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit(fastmath=False)
         def corr2d_valid_nb(x, k):
-            return corr2d_nb(cast_x(x), cast_k(k), threads)
+            return corr2d_nb(cast_x(x), cast_k(k), _kernel_parts_nb())
 
-        return corr2d_valid_nb, _numba_cache_salt(threads)
+        return corr2d_valid_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(Corr2dWeights)
     def numba_funcify_corr2d_weights(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         cast_x, cast_g = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit(fastmath=False)
         def corr2d_weights_op_nb(x, g):
-            return corr2d_weights_nb(cast_x(x), cast_g(g), threads)
+            return corr2d_weights_nb(cast_x(x), cast_g(g), _kernel_parts_nb())
 
-        return corr2d_weights_op_nb, _numba_cache_salt(threads)
+        return corr2d_weights_op_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(Corr2dInputGrad)
     def numba_funcify_corr2d_input_grad(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         cast_g, cast_k = caster(node, 1), caster(node, 2)
 
         @numba_basic.numba_njit(fastmath=False)
         def corr2d_input_grad_op_nb(x, g, k):
-            return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2], threads)
+            return corr2d_input_grad_nb(cast_g(g), cast_k(k), x.shape[1], x.shape[2], _kernel_parts_nb())
 
-        return corr2d_input_grad_op_nb, _numba_cache_salt(threads)
+        return corr2d_input_grad_op_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(MaxPool2x2)
     def numba_funcify_max_pool(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         @numba_basic.numba_njit(fastmath=False)
         def max_pool_op_nb(x):
-            return max_pool_nb(x, threads)
+            return max_pool_nb(x, _kernel_parts_nb())
 
-        return max_pool_op_nb, _numba_cache_salt(threads)
+        return max_pool_op_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(MaxPool2x2Grad)
     def numba_funcify_max_pool_grad(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         dtype = np.dtype(node.outputs[0].dtype)
 
         @numba_basic.numba_njit(fastmath=False)
         def max_pool_grad_nb(x, gz):
             gx = np.empty(x.shape, dtype=dtype)
-            max_pool_grad_into_nb(x, gz, gx, threads)
+            max_pool_grad_into_nb(x, gz, gx, _kernel_parts_nb())
             return gx
 
-        return max_pool_grad_nb, _numba_cache_salt(threads)
+        return max_pool_grad_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(MatMulInParts)
     def numba_funcify_matmul_in_parts(op, node, **kwargs):
-        threads = numba_kernel_threads()
+        numba_kernel_threads()  # sets the parts the function reads when it runs
         cast_a, cast_b = caster(node, 0), caster(node, 1)
 
         @numba_basic.numba_njit(fastmath=False)
         def matmul_nb(a, b):
-            return matmul_in_parts_nb(cast_a(a), cast_b(b), threads)
+            return matmul_in_parts_nb(cast_a(a), cast_b(b), _kernel_parts_nb())
 
-        return matmul_nb, _numba_cache_salt(threads)
+        return matmul_nb, _NUMBA_KERNEL_VERSION
 
     @register_funcify_default_op_cache_key(ZeroPad2d)
     def numba_funcify_zero_pad(op, node, **kwargs):

@@ -249,8 +249,10 @@ def softmax_cross_entropy_grad_nb(g, x, labels):
 
 def _compile_kernels(dtype) -> None:
     """Call the cross-entropy kernels once with the types a training step passes them (float32
-    logits from a matrix product, int32 labels sliced from the training set, a 0-d output gradient)."""
+    logits from a matrix product, int32 labels sliced from the training set, read-only as the Trainer
+    keeps them, a 0-d output gradient)."""
     logits, labels = np.zeros((2, 3), dtype), np.zeros(2, np.int32)
+    labels.flags.writeable = False
     softmax_cross_entropy_nb(logits, labels)
     softmax_cross_entropy_grad_nb(np.ones((), dtype), logits, labels)
 

@@ -157,8 +157,24 @@ class TrainingControl:
         return time.perf_counter() - start
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """`array`, or a read-only view of it. Numba types a read-only array apart from a writable one and
+    compiles a function anew for each: the data the compiled functions take is read-only throughout (a
+    dataset's files are, a shuffled epoch is made so), so that one compile serves a whole run and the
+    packaged app's shipped graphs (compiled over read-only blank images) serve every run."""
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
 def _as_images(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
+    """(n, 784) uint8, contiguous, read-only."""
+    return _read_only(np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8))
+
+
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    return _read_only(np.asarray(labels, dtype=np.int32))
 
 
 class NeuralModel:
@@ -351,7 +367,7 @@ class Trainer:
         self.model = model
         self.dataset = dataset
         self.train_images = _as_images(dataset.train_images)
-        self.train_labels = np.asarray(dataset.train_labels, dtype=np.int32)
+        self.train_labels = _as_labels(dataset.train_labels)
         held_out = model.config.val_size if model.config.is_trainable else 0
         if held_out >= len(self.train_images):
             raise ConfigError(f"val_size ({held_out}) leaves no training images out of {len(self.train_images)}")
@@ -361,7 +377,7 @@ class Trainer:
         self.train_images, self.train_labels = self.train_images[:split], self.train_labels[:split]
         self.augmentation = Augmentation.from_config(model.config) if model.config.is_trainable else Augmentation()
         self.test_images = _as_images(dataset.test_images)
-        self.test_labels = np.asarray(dataset.test_labels, dtype=np.int32)
+        self.test_labels = _as_labels(dataset.test_labels)
         self._train_fn = None
         self._epoch_data_changed = False
         self.early_stopped = False
@@ -427,8 +443,8 @@ class Trainer:
         if self.augmentation.active:
             images = augment(images, self.augmentation, np.random.default_rng([config.seed, epoch, AUGMENT_STREAM]))
         if config.shuffle or self.augmentation.active or self._epoch_data_changed:
-            self._images_shared.set_value(images, borrow=True)
-            self._labels_shared.set_value(labels, borrow=True)
+            self._images_shared.set_value(_read_only(images), borrow=True)
+            self._labels_shared.set_value(_read_only(labels), borrow=True)
         self._epoch_data_changed = config.shuffle or self.augmentation.active
 
     def evaluate_test(self) -> Evaluation:
