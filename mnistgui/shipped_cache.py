@@ -10,8 +10,10 @@ configuration then starts from PyTensor's cache: about a second.
 
 Numba keys a compiled function on the CPU it was compiled for: the CPU's name and its features, which
 differ from one machine to the next. The app therefore compiles for a named x86-64 level instead of
-the exact host CPU (`choose_cpu_level`, before Numba is imported): x86-64-v4 (AVX-512) where the CPU
-has it, else x86-64-v3 (AVX2, FMA), and the build ships both. Measured on the reference machine,
+the exact host CPU (`choose_cpu_level`, before Numba is imported): the highest of the levels the
+build shipped that the CPU runs. A build on an AVX-512 machine ships x86-64-v4 (AVX-512) and x86-64-v3
+(AVX2, FMA); a build machine can only compile for levels it runs, and the app lists them in
+`levels.txt`. Measured on the reference machine,
 Numba convnet epochs of 6,400 images: 2.09-2.26 s for v4 and 2.16-2.19 s for the host CPU in
 interleaved runs, 2.15-2.36 s for v3. A CPU below v3 compiles for itself, from scratch, as before.
 A graph's cached code does not depend on the core count: the kernels read their parts when they run
@@ -20,11 +22,13 @@ A graph's cached code does not depend on the core count: the kernels read their 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ _V3 = ("avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave")
 _V4 = ("avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl")
 LEVELS = {"x86-64-v4": _V2 + _V3 + _V4, "x86-64-v3": _V2 + _V3}  # highest first
 SHIPPED_FOLDER = ("mnistgui", "numba-cache")  # inside the app's bundle (sys._MEIPASS)
+LEVELS_FILE = "levels.txt"  # in that folder: the levels the build compiled for, one a line
 
 
 def cpu_levels(host_features: dict[str, bool] | None = None) -> list[str]:
@@ -50,17 +55,24 @@ def cpu_levels(host_features: dict[str, bool] | None = None) -> list[str]:
     return [level for level, needs in LEVELS.items() if all(host_features.get(name) for name in needs)]
 
 
-def choose_cpu_level(environ: os._Environ | dict = os.environ, host_features: dict[str, bool] | None = None) -> str:
-    """Have Numba compile for the highest x86-64 level this CPU runs (NUMBA_CPU_NAME, no extra
-    features), so that the app's shipped graphs fit it; call it before Numba is imported. The CPU name
-    Numba will compile for ("" for the host CPU): a NUMBA_CPU_NAME set by the user wins."""
-    if environ.get("NUMBA_CPU_NAME"):
-        return environ["NUMBA_CPU_NAME"]
+def choose_cpu_level(environ: os._Environ | dict = os.environ, host_features: dict[str, bool] | None = None,
+                     shipped: list[str] | None = None) -> str:
+    """Have Numba compile for the highest x86-64 level this CPU runs among those the app ships
+    (`shipped`; by default the app's own list), by NUMBA_CPU_NAME with no extra features; call it
+    before Numba is imported. The CPU name Numba will compile for ("" for the host CPU: nothing shipped
+    fits, or not the packaged app). A NUMBA_CPU_NAME or NUMBA_CPU_FEATURES the user set wins."""
+    if environ.get("NUMBA_CPU_NAME") or "NUMBA_CPU_FEATURES" in environ:
+        return environ.get("NUMBA_CPU_NAME", "")
+    if shipped is None:
+        folder = shipped_folder()
+        shipped = shipped_levels(folder) if folder is not None else []
+    if not shipped:
+        return ""
     if "numba" in sys.modules:
         log.warning("Numba was imported before the CPU level was chosen; it compiles for this CPU alone")
         return ""
     try:
-        levels = cpu_levels(host_features)
+        levels = [level for level in cpu_levels(host_features) if level in shipped]
     except Exception as exc:  # llvmlite missing or broken: the backend reports that itself
         log.warning("could not read this CPU's features (%s); Numba compiles for this CPU alone", exc)
         return ""
@@ -69,6 +81,14 @@ def choose_cpu_level(environ: os._Environ | dict = os.environ, host_features: di
     environ["NUMBA_CPU_NAME"] = levels[0]
     environ["NUMBA_CPU_FEATURES"] = ""
     return levels[0]
+
+
+def shipped_levels(folder: Path) -> list[str]:
+    """The CPU levels a shipped cache was compiled for ([] when it does not say)."""
+    try:
+        return (folder / LEVELS_FILE).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def shipped_folder() -> Path | None:
@@ -90,6 +110,7 @@ def seed(shipped: Path, cache: Path) -> int:
         if name.endswith(".nbc"):  # "<function>.py311.<n>.nbc" beside its index "<function>.py311.nbi"
             data.setdefault(name.rsplit(".", 2)[0], []).append(name)
     cache.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_copies(cache)
     copied = 0
     for name in names:
         if not name.endswith(".nbi") or (cache / name).exists():
@@ -100,12 +121,26 @@ def seed(shipped: Path, cache: Path) -> int:
     return copied
 
 
+_TEMPORARY_PREFIX = ".seeding-"
+
+
+def _remove_abandoned_copies(folder: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary files a copy killed midway left behind (an hour old: no copy takes that long)."""
+    now = time.time()
+    for entry in os.scandir(folder):
+        if entry.name.startswith(_TEMPORARY_PREFIX):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > older_than_s:
+                    os.unlink(entry.path)
+
+
 def _copy_into(source: Path, folder: Path) -> None:
     """Copy under a temporary name, then rename: another process never reads a partial file."""
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".seeding-")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=_TEMPORARY_PREFIX)
     try:
         with os.fdopen(handle, "wb") as out, open(source, "rb") as data:
             shutil.copyfileobj(data, out)
+        os.chmod(temporary, 0o644)  # as Numba's own cache files, not mkstemp's 0600
         os.replace(temporary, folder / source.name)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -27,25 +27,38 @@ def test_cpu_levels_from_the_features_each_level_needs():
     assert shipped_cache.cpu_levels({}) == []
 
 
-def test_cpu_level_is_chosen_before_numba_and_the_users_choice_wins(caplog, monkeypatch):
+def test_cpu_level_is_the_highest_shipped_one_and_the_users_choice_wins(caplog, monkeypatch):
+    shipped = ["x86-64-v4", "x86-64-v3"]
     environ = {"NUMBA_CPU_NAME": "skylake"}
-    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE) == "skylake"
+    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE, shipped) == "skylake"
     assert environ == {"NUMBA_CPU_NAME": "skylake"}
+    environ = {"NUMBA_CPU_FEATURES": "+avx2"}  # features alone: the user's too
+    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE, shipped) == ""
+    assert environ == {"NUMBA_CPU_FEATURES": "+avx2"}
+    environ = {}  # nothing shipped (not the packaged app): the host CPU
+    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE, []) == "" and environ == {}
+    avx2_machine = {**AVX512_MACHINE, "avx512bw": False}
+    assert shipped_cache.choose_cpu_level(environ, avx2_machine, ["x86-64-v4"]) == "" and environ == {}
     # Once Numba is imported it is too late to change what it compiles for, and it says so.
     monkeypatch.setitem(sys.modules, "numba", sys.modules.get("numba") or object())
-    environ = {}
-    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE) == "" and environ == {}
+    assert shipped_cache.choose_cpu_level(environ, AVX512_MACHINE, shipped) == "" and environ == {}
     assert "Numba was imported before" in caplog.text
+
+
+def test_the_shipped_levels_are_read_from_the_cache_folder(tmp_path):
+    assert shipped_cache.shipped_levels(tmp_path) == []
+    (tmp_path / shipped_cache.LEVELS_FILE).write_text("x86-64-v4\nx86-64-v3\n")
+    assert shipped_cache.shipped_levels(tmp_path) == ["x86-64-v4", "x86-64-v3"]
 
 
 def test_numba_compiles_for_the_chosen_level_in_a_fresh_process():
     """As the packaged app's entry point does it: the level first, then Numba, whose code generator
-    (the key of every cached function) then names the level and no host features."""
-    avx2_machine = {**AVX512_MACHINE, "avx512f": False}
+    (the key of every cached function) then names the level and no host features. An AVX-512 CPU
+    with only v3 shipped takes v3."""
     script = (
         "import os, sys, json\n"
         "from mnistgui import shipped_cache\n"
-        f"level = shipped_cache.choose_cpu_level(os.environ, {avx2_machine!r})\n"
+        f"level = shipped_cache.choose_cpu_level(os.environ, {AVX512_MACHINE!r}, ['x86-64-v3'])\n"
         "from numba.core.registry import cpu_target\n"
         "print(json.dumps([level, *cpu_target.target_context.codegen().magic_tuple()[1:]]))\n"
     )
@@ -114,8 +127,11 @@ fn = pytensor.function([x, g], ops.corr2d_weights(x, g), mode=backend.compile_mo
 rng = np.random.default_rng(5)
 images = rng.standard_normal((96, 10, 10, 1)).astype(np.float32)  # a first layer: direct loops, no BLAS
 grads = rng.standard_normal((96, 8, 8, 4)).astype(np.float32)
+parts = ops._numba_kernel_parts.value  # what the function reads when it runs, set as it was compiled
 result = fn(images, grads)
-print(json.dumps({"parts": ops.numba_kernel_threads(), "files": sorted(p.name for p in NUMBA_CACHE_PATH.iterdir()),
+files = sorted(p.name for p in NUMBA_CACHE_PATH.iterdir())
+same_as_the_kernel = bool(np.array_equal(result, ops.corr2d_weights_nb(images, grads, parts)))
+print(json.dumps({"parts": parts, "files": files, "same_as_the_kernel": same_as_the_kernel,
                   "result": result.ravel().tolist()}))
 """
 
@@ -138,8 +154,10 @@ def test_a_cached_numba_graph_cuts_its_batch_for_the_cores_of_the_process_that_r
     on_three, again = run(3), run(2)
     assert on_three["parts"] == 3
     assert on_three["files"] == first["files"] == again["files"]  # loaded from the cache, nothing compiled
+    # each the kernel's own sum over that many parts, bit for bit; and 3 parts' sums are other bits than 2's
+    assert first["same_as_the_kernel"] and on_three["same_as_the_kernel"] and again["same_as_the_kernel"]
     assert again["result"] == first["result"]
-    assert on_three["result"] != first["result"]  # summed in 3 parts: it read the parts when it ran
+    assert on_three["result"] != first["result"]
     np.testing.assert_allclose(on_three["result"], first["result"], rtol=1e-4, atol=1e-4)
 
 

@@ -176,11 +176,11 @@ class Attacker:
     def _aim(labels, target, n):
         """The classes whose loss the attack follows, and +1 (away from the label) or -1 (toward a target)."""
         if target is None:
-            return np.asarray(labels, dtype=np.int32).reshape(-1), np.float32(1.0)
+            return backend.read_only(np.asarray(labels, dtype=np.int32).reshape(-1)), np.float32(1.0)
         chosen = np.broadcast_to(np.asarray(target, dtype=np.int32), (n,)).copy()
         if chosen.min(initial=0) < 0 or chosen.max(initial=0) >= N_CLASSES:
             raise AttackError(f"target classes must be in 0..{N_CLASSES - 1}")
-        return chosen, np.float32(-1.0)
+        return backend.read_only(chosen), np.float32(-1.0)
 
     @backend.on_kernel_cores
     def fgsm(self, images, labels, eps: float, target=None) -> np.ndarray:

@@ -295,14 +295,29 @@ if hasattr(os, "register_at_fork"):
 
 
 _numba_cache_seeded = False
+_numba_cache_seeding = threading.Lock()
 
 
 def _seed_numba_cache_once() -> None:
-    """The packaged app's shipped graphs into PyTensor's Numba cache, before its first Numba compile."""
+    """The packaged app's shipped graphs into PyTensor's Numba cache, before its first Numba compile
+    (a second thread compiling meanwhile waits for the copy, rather than miss and compile cold)."""
     global _numba_cache_seeded
-    if not _numba_cache_seeded:
-        _numba_cache_seeded = True
-        shipped_cache.seed_pytensor_cache()
+    with _numba_cache_seeding:
+        if not _numba_cache_seeded:
+            shipped_cache.seed_pytensor_cache()
+            _numba_cache_seeded = True
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """`array`, or a read-only view of it. Numba types a read-only array apart from a writable one and
+    compiles a function anew for each: the data compiled functions take is read-only throughout (a
+    dataset's files are; the Trainer's labels, shuffled epochs and the attacks' classes are made so), so
+    that one compile serves a whole run and the packaged app's shipped graphs, compiled over read-only
+    blank images, serve every run."""
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
 
 
 def compile_mode(backend: str) -> Mode:

@@ -157,24 +157,13 @@ class TrainingControl:
         return time.perf_counter() - start
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """`array`, or a read-only view of it. Numba types a read-only array apart from a writable one and
-    compiles a function anew for each: the data the compiled functions take is read-only throughout (a
-    dataset's files are, a shuffled epoch is made so), so that one compile serves a whole run and the
-    packaged app's shipped graphs (compiled over read-only blank images) serve every run."""
-    if array.flags.writeable:
-        array = array.view()
-        array.flags.writeable = False
-    return array
-
-
 def _as_images(images: np.ndarray) -> np.ndarray:
     """(n, 784) uint8, contiguous, read-only."""
-    return _read_only(np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8))
+    return backend.read_only(np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8))
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
-    return _read_only(np.asarray(labels, dtype=np.int32))
+    return backend.read_only(np.asarray(labels, dtype=np.int32))
 
 
 class NeuralModel:
@@ -443,8 +432,8 @@ class Trainer:
         if self.augmentation.active:
             images = augment(images, self.augmentation, np.random.default_rng([config.seed, epoch, AUGMENT_STREAM]))
         if config.shuffle or self.augmentation.active or self._epoch_data_changed:
-            self._images_shared.set_value(_read_only(images), borrow=True)
-            self._labels_shared.set_value(_read_only(labels), borrow=True)
+            self._images_shared.set_value(backend.read_only(images), borrow=True)
+            self._labels_shared.set_value(backend.read_only(labels), borrow=True)
         self._epoch_data_changed = config.shuffle or self.augmentation.active
 
     def evaluate_test(self) -> Evaluation:

@@ -187,9 +187,11 @@ def build_model(config: Config, history: list[EpochResult], state: dict | None) 
 
 def precompile(config: Config) -> float:
     """Compile `config`'s training and prediction functions over a few blank images, in the caller's
-    thread, and throw them away: PyTensor keeps the compiled C modules in its on-disk cache, so a run
-    of this configuration started later compiles warm (the convnet from empty caches: 10-11 s; warm:
-    about 1.5 s). The seconds it took; nearest neighbours has nothing to compile.
+    thread, and throw them away: PyTensor keeps the compiled C modules, and Numba's code, in its on-disk
+    cache, so a run of this configuration started later compiles warm (the convnet from empty caches:
+    6-11 s under c, 40-50 s under numba; warm: about 1 s). The Trainer hands compiled functions read-only
+    data, these blank images included, so Numba compiles the very versions a run calls. The seconds it
+    took; nearest neighbours has nothing to compile.
     """
     if not config.is_trainable:
         return 0.0
