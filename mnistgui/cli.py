@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile the training and prediction functions of each model's default configuration into "
         "the on-disk caches (PyTensor's, and Numba's under --backend numba), so that a later run or the window's "
         "Start finds them compiled. Building the packaged app uses it to ship its compiled graphs.")
-    precompile.add_argument("--models", nargs="+", choices=sorted(TRAINED_MODELS), metavar="MODEL",
-                            help=f"the models to compile (default: all of {', '.join(sorted(TRAINED_MODELS))})")
+    trained = [model for model in MODELS if model in TRAINED_MODELS]
+    precompile.add_argument("--models", nargs="+", choices=trained, default=trained, metavar="MODEL",
+                            help=f"the models to compile (default: all of {', '.join(trained)})")
     precompile.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to compile for")
     precompile.set_defaults(func=cmd_precompile)
 
@@ -444,7 +445,7 @@ def cmd_precompile(args) -> int:
     from .core.backend import resolve_backend
     from .core.workspace import precompile
 
-    for model in args.models or [model for model in MODELS if model in TRAINED_MODELS]:
+    for model in args.models:
         config = Config.for_model(model, backend=args.backend)
         seconds = precompile(config)
         print(f"{model}: compiled in {seconds:.2f} s (backend {resolve_backend(config.backend)})", flush=True)
